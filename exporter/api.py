@@ -1,0 +1,282 @@
+"""The public pipeline: check targets -> load model once -> reference data -> per target
+(preflight -> convert -> verify -> move into place) -> report.json.
+
+Example (a release step):
+    import exporter
+    result = exporter.export("model.keras", targets=["tflite", "onnx"], out_dir="dist", raise_on_failure=True)
+    print(result.to_json()["targets"][0]["parity"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from . import __version__
+from .errors import KexportError, ModelLoadError, ParityError, UsageError
+from .options import ExportOptions
+from .report import REPORT_NAME, ExportResult, TargetResult, load_report
+
+REFERENCE_DIR = "reference"
+VERSIONED = ("tensorflow", "keras", "tf_keras", "coremltools", "tf2onnx", "onnx", "onnxruntime",
+             "tensorflowjs", "ai-edge-litert", "numpy")
+
+Progress = Callable[[str], None]
+
+
+def resolve_targets(targets: Iterable[str] | str) -> list:
+    from .targets import all_targets, get_target
+
+    names = [targets] if isinstance(targets, str) else list(targets)
+    if not names:
+        raise UsageError("no target given; pass one of: " + ", ".join(sorted(all_targets())) + " or 'all'")
+    if "all" in names:
+        return list(all_targets().values())
+    return [get_target(n) for n in dict.fromkeys(names)]
+
+
+def ensure_writable(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".kexport-probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"{out_dir}: output directory is not writable ({e.strerror}); pass -o with a writable path") from e
+
+
+def versions() -> dict:
+    out = {}
+    for pkg in VERSIONED:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def load_inputs(path, signature) -> dict[str, np.ndarray]:
+    """User reference inputs from an .npz with arrays named after the model inputs."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: cannot read --inputs as .npz ({e})") from e
+    missing = [n for n in signature.input_names if n not in data]
+    if missing:
+        raise UsageError(f"{path}: --inputs lacks arrays {missing}; it has {sorted(data)} (name them after the model inputs)")
+    out = {}
+    for t in signature.inputs:
+        a = data[t.name]
+        if a.ndim != len(t.shape) or any(d is not None and d != s for d, s in zip(t.shape[1:], a.shape[1:])):
+            raise UsageError(f"{path}: input '{t.name}' has shape {a.shape}, the model expects {t.shape}")
+        out[t.name] = a.astype(t.dtype)
+    return out
+
+
+def build_context(model_path, options: ExportOptions, progress: Progress | None = None):
+    """Load the model once and compute the Keras reference outputs."""
+    from runtimes.keras_runtime import KerasSession
+
+    from .context import ExportContext
+    from .loader import load_model, sha256_of, signature_of
+    from .parity import reference_inputs
+
+    path = Path(model_path)
+    say = progress or (lambda s: None)
+    t0 = time.perf_counter()
+    say(f"loading {path}")
+    model = load_model(path, safe_mode=options.safe_mode, custom_objects=options.custom_objects)
+    sig = signature_of(model)
+    load_s = time.perf_counter() - t0
+    inputs = load_inputs(options.inputs, sig) if options.inputs else reference_inputs(sig, options.samples)
+    t1 = time.perf_counter()
+    outputs = KerasSession(model, sig).predict(inputs)
+    ctx = ExportContext(model, path, sha256_of(path), sig, inputs, outputs)
+    ctx.timings = {"load_model": round(load_s, 3), "keras_reference": round(time.perf_counter() - t1, 3)}
+    return ctx
+
+
+def export(model, targets=("all",), out_dir="kexport-out", *, options: ExportOptions | None = None,
+           verify: bool | None = None, raise_on_failure: bool = False, progress: Progress | None = None) -> ExportResult:
+    """Export `model` (a path) to each target, verify each artifact, write report.json.
+
+    Args:
+        model: path to a .keras / .h5 file or a SavedModel directory.
+        targets: target names, or "all".
+        out_dir: where artifacts, reference data and report.json go.
+        options: ExportOptions (shared and per-target options).
+        verify: override options.verify.
+        raise_on_failure: raise ParityError (carrying the result) when anything failed.
+        progress: callback receiving one line per step.
+
+    Returns:
+        ExportResult, the same content as report.json.
+    """
+    options = options or ExportOptions()
+    if verify is not None:
+        options = dataclasses.replace(options, verify=verify)
+    say = progress or (lambda s: None)
+    run_t0 = time.perf_counter()
+    chosen = resolve_targets(targets)
+    out = Path(out_dir)
+    ensure_writable(out)
+    ctx = build_context(model, options, say)
+    try:
+        result = ExportResult(
+            kexport_version=__version__,
+            model={"path": str(model), "sha256": ctx.model_sha256, **ctx.signature.to_json()},
+            versions=versions(), out_dir=str(out), seconds=dict(ctx.timings),
+        )
+        _write_reference(out, ctx)
+        for i, target in enumerate(chosen, 1):
+            say(f"[{i}/{len(chosen)}] {target.name}")
+            result.targets.extend(_run_target(target, ctx, out, options, say))
+        result.seconds["total"] = round(time.perf_counter() - run_t0, 3)
+        result.write(out)
+    finally:
+        shutil.rmtree(ctx.workdir, ignore_errors=True)
+    if raise_on_failure and not result.ok:
+        raise ParityError("export failed: " + " | ".join(result.failures()), result)
+    return result
+
+
+def _write_reference(out: Path, ctx) -> None:
+    ref = out / REFERENCE_DIR
+    tmp = Path(tempfile.mkdtemp(prefix=".kexport-ref-", dir=out))
+    np.savez(tmp / "inputs.npz", **ctx.inputs)
+    np.savez(tmp / "outputs.npz", **ctx.outputs)
+    _swap_into_place(tmp, ref)
+
+
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    """Replace `final` by `tmp` so that a reader sees either the old or the new one, never half."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        final.rename(old)
+    tmp.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _tolerance(target, variant, topts, options: ExportOptions):
+    tol = target.tolerance_for(variant, topts)
+    if options.atol is not None or options.rtol is not None:
+        tol = dataclasses.replace(tol, atol=tol.atol if options.atol is None else options.atol,
+                                  rtol=tol.rtol if options.rtol is None else options.rtol)
+    return tol
+
+
+def _run_target(target, ctx, out: Path, options: ExportOptions, say: Progress) -> list[TargetResult]:
+    from .parity import check_artifact
+
+    topts = options.for_target(target)
+    missing = target.missing_requirements()
+    if missing:
+        return [TargetResult(target.name, status="unsupported",
+                             error=f"converter not installed ({', '.join(missing)}); pip install 'kexport[{target.extra or 'all'}]'")]
+    t0 = time.perf_counter()
+    try:
+        problems = target.preflight(ctx, topts)
+    except KexportError as e:
+        problems = [str(e)]
+    if problems:
+        from .errors import UnsupportedError
+
+        err = UnsupportedError(target.name, problems)
+        return [TargetResult(target.name, status="unsupported", error=str(err), seconds=round(time.perf_counter() - t0, 3))]
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".kexport-{target.name}-", dir=out))
+    final = out / target.name
+    results = []
+    try:
+        for variant in target.variants(topts):
+            v0 = time.perf_counter()
+            row = TargetResult(target.name, variant)
+            try:
+                art = target.export(ctx, tmp, topts, variant)
+            except KexportError as e:
+                row.status = "unsupported" if type(e).__name__ == "UnsupportedError" else "failed"
+                row.error = str(e)
+                row.seconds = round(time.perf_counter() - v0, 3)
+                results.append(row)
+                say(f"    {variant}: {row.status}: {row.error}")
+                continue
+            row.seconds = round(time.perf_counter() - v0, 3)
+            row.notes = art.notes
+            row.size_bytes = _size(art.path)
+            row.artifact = str(final.relative_to(out) / art.path.relative_to(tmp))
+            row.extra = dict(art.extra)
+            if art.runtime_options:
+                row.extra["runtime_options"] = art.runtime_options
+            if art.skip:
+                row.extra["runtime_skip"] = art.skip
+            say(f"    {variant}: converted in {row.seconds:.1f}s ({row.size_bytes} bytes)")
+            if options.verify:
+                tol = _tolerance(target, variant, topts, options)
+                row.parity = check_artifact(art, target.runtimes, ctx.inputs, ctx.outputs, tol)
+                for p in row.parity:
+                    say(f"    {variant} on {p.runtime}: {p.status}" + (f" ({p.reason})" if p.reason else ""))
+            results.append(row)
+        if any(r.artifact for r in results):
+            _swap_into_place(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return results
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
+def verify(out_dir, *, progress: Progress | None = None) -> ExportResult:
+    """Re-check every artifact in an export directory against its stored reference data."""
+    from .parity import check_artifact
+    from .targets import Artifact, Tolerance, get_target
+
+    out = Path(out_dir)
+    rpath = out / REPORT_NAME
+    if not rpath.exists():
+        raise UsageError(f"{out}: no {REPORT_NAME}; pass a directory written by 'kexport all' or 'kexport TARGET'")
+    try:
+        report = load_report(rpath)
+        with np.load(out / REFERENCE_DIR / "inputs.npz") as z:
+            inputs = {k: z[k] for k in z.files}
+        with np.load(out / REFERENCE_DIR / "outputs.npz") as z:
+            outputs = {k: z[k] for k in z.files}
+    except (OSError, ValueError, KeyError) as e:
+        raise UsageError(f"{out}: report or reference data unreadable ({e}); re-run the export") from e
+    say = progress or (lambda s: None)
+    result = ExportResult(report["kexport_version"], report["model"], versions=versions(), out_dir=str(out))
+    for row in report["targets"]:
+        tr = TargetResult(row["target"], row.get("variant", "fp32"), row["status"], row.get("artifact"),
+                          row.get("size_bytes"), row.get("seconds"), row.get("error"), row.get("notes", []))
+        if row["status"] == "ok" and row.get("artifact"):
+            target = get_target(row["target"])
+            path = out / row["artifact"]
+            if not path.exists():
+                tr.status, tr.error = "failed", f"{path}: artifact missing"
+            else:
+                p0 = (row.get("parity") or [{}])[0]
+                tol = target.tolerance_for(tr.variant, target.Options())
+                if p0.get("atol") is not None:
+                    tol = dataclasses.replace(tol, atol=p0["atol"], rtol=p0["rtol"])
+                art = Artifact(path, tr.variant, runtime_options=row.get("runtime_options", {}),
+                               skip=row.get("runtime_skip", {}))
+                say(f"verifying {row['target']}/{tr.variant}")
+                tr.parity = check_artifact(art, target.runtimes, inputs, outputs, tol)
+        result.targets.append(tr)
+    return result

@@ -1,0 +1,223 @@
+"""`kexport` command line: a thin layer over the Python API, run in-process.
+
+Exit codes: 0 all requested targets converted and passed; 1 a target failed conversion or
+parity; 2 bad usage or an unreadable/refused model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from .errors import KexportError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit 2, like every other usage error
+        raise _UsageExit(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+class _UsageExit(Exception):
+    pass
+
+
+def _common(p: argparse.ArgumentParser, *, model=True):
+    if model:
+        p.add_argument("model", help="a .keras file, a .h5 file (Keras 3 or 2) or a SavedModel directory")
+        p.add_argument("-o", "--out", default="kexport-out", help="output directory (default ./kexport-out)")
+        p.add_argument("--unsafe", action="store_true", help="allow Lambda layers (runs code stored in the file)")
+        p.add_argument("--custom-objects", metavar="FILE.py", help="Python file that defines/registers custom layers")
+        p.add_argument("--inputs", metavar="DATA.npz", help="reference inputs, arrays named after the model inputs")
+        p.add_argument("--samples", type=int, default=8, help="random reference samples when no --inputs (default 8)")
+        p.add_argument("--no-verify", action="store_true", help="skip the parity check")
+        p.add_argument("--atol", type=float, help="override the absolute tolerance of every target")
+        p.add_argument("--rtol", type=float, help="override the (scale-relative) tolerance of every target")
+        p.add_argument("--json", action="store_true", help="print report.json instead of the table")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .targets import all_targets
+
+    parser = _Parser(prog="kexport", description="Export a Keras model everywhere and prove each artifact matches.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    targets = all_targets()
+    for name, target in targets.items():
+        p = sub.add_parser(name, help=target.description)
+        _common(p)
+        target.add_arguments(p)
+    p = sub.add_parser("all", help="every target")
+    _common(p)
+    for target in targets.values():  # shared flags (e.g. --quantize) are defined once
+        scratch = _Parser(add_help=False)
+        target.add_arguments(scratch)
+        for action in scratch._actions:
+            if not any(s in p._option_string_actions for s in action.option_strings):
+                p._add_action(action)
+    p = sub.add_parser("verify", help="re-check an export directory against its stored reference data")
+    p.add_argument("out", help="directory written by kexport")
+    p.add_argument("--json", action="store_true")
+    _common(p, model=False)
+    p = sub.add_parser("inspect", help="signature, layers and which targets can take the model")
+    p.add_argument("model")
+    p.add_argument("--unsafe", action="store_true")
+    p.add_argument("--custom-objects", metavar="FILE.py")
+    _common(p, model=False)
+    p = sub.add_parser("doctor", help="which converters and runtimes work here, and how to install the rest")
+    _common(p, model=False)
+    return parser
+
+
+def _quiet_libraries(debug: bool):
+    if not debug:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+        import warnings
+
+        warnings.filterwarnings("ignore")
+
+
+def _progress(start: float):
+    def say(line: str):
+        print(f"[{time.perf_counter() - start:6.1f}s] {line}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def _options(args):
+    from .options import ExportOptions
+    from .targets import all_targets
+
+    names = list(all_targets()) if args.command == "all" else [args.command]
+    topts = {n: all_targets()[n].options_from_args(args) for n in names}
+    return ExportOptions(
+        safe_mode=not args.unsafe, custom_objects=args.custom_objects, inputs=args.inputs,
+        samples=args.samples, verify=not args.no_verify, atol=args.atol, rtol=args.rtol,
+        target_options=topts,
+    )
+
+
+def _print_result(result, as_json: bool):
+    from .report import format_table
+
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2, default=str))
+    else:
+        print(format_table(result))
+        if result.out_dir:
+            print(f"\nreport: {os.path.join(result.out_dir, 'report.json')}")
+
+
+def cmd_export(args) -> int:
+    from . import api
+
+    result = api.export(args.model, [args.command], args.out, options=_options(args), progress=_progress(time.perf_counter()))
+    _print_result(result, args.json)
+    return result.exit_code
+
+
+def cmd_verify(args) -> int:
+    from . import api
+
+    result = api.verify(args.out, progress=_progress(time.perf_counter()))
+    _print_result(result, args.json)
+    return result.exit_code
+
+
+def cmd_inspect(args) -> int:
+    from collections import Counter
+
+    from .context import ExportContext
+    from .loader import load_model, sha256_of, signature_of
+    from .targets import all_targets
+
+    model = load_model(args.model, safe_mode=not args.unsafe, custom_objects=args.custom_objects)
+    sig = signature_of(model)
+    print(f"model: {args.model} ({model.name}), {model.count_params():,} parameters")
+    for kind, specs in (("input", sig.inputs), ("output", sig.outputs)):
+        for t in specs:
+            print(f"  {kind:6} {t.name}: shape={list(t.shape)} dtype={t.dtype}")
+    counts = Counter(type(layer).__name__ for layer in model.layers)
+    print("layers: " + ", ".join(f"{n} x{c}" for n, c in counts.most_common()))
+    from pathlib import Path
+
+    ctx = ExportContext(model, Path(args.model), sha256_of(Path(args.model)), sig, {}, {})
+    print("targets:")
+    for name, target in all_targets().items():
+        missing = target.missing_requirements()
+        if missing:
+            print(f"  {name:12} no: converter not installed ({', '.join(missing)}); pip install 'kexport[{target.extra}]'")
+            continue
+        try:
+            problems = target.preflight(ctx, target.Options())
+        except KexportError as e:
+            problems = [str(e)]
+        print(f"  {name:12} " + ("yes" if not problems else "no: " + "; ".join(problems)))
+    return EXIT_OK
+
+
+def cmd_doctor(args) -> int:
+    from importlib import metadata
+
+    from runtimes import all_runtimes
+
+    from .targets import all_targets
+
+    print("converters:")
+    for name, target in all_targets().items():
+        missing = target.missing_requirements()
+        vers = []
+        for mod in target.requires:
+            try:
+                vers.append(f"{mod} {metadata.version(mod.replace('_', '-'))}")
+            except metadata.PackageNotFoundError:
+                vers.append(f"{mod} missing")
+        state = "ok" if not missing else f"missing: pip install 'kexport[{target.extra or 'all'}]'"
+        print(f"  {name:14} {state:10} ({', '.join(vers)})")
+    print("runtimes:")
+    for name, rt in all_runtimes().items():
+        reason = rt.available()
+        print(f"  {name:16} " + ("ok" if not reason else f"unavailable: {reason}" + (f" -> {rt.install_hint}" if rt.install_hint else "")))
+    return EXIT_OK
+
+
+COMMANDS = {"verify": cmd_verify, "inspect": cmd_inspect, "doctor": cmd_doctor}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    _quiet_libraries(debug)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help()
+            return EXIT_USAGE
+        return COMMANDS.get(args.command, cmd_export)(args)
+    except _UsageExit as e:
+        print(f"kexport: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KexportError as e:
+        if debug:
+            raise
+        print(f"kexport: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("kexport: interrupted; no partial artifact was moved into place", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug in kexport or a library: still one line unless --debug
+        if debug:
+            raise
+        msg = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"kexport: internal error: {type(e).__name__}: {msg} (re-run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""One small error hierarchy. Every error carries the exit code the CLI uses for it.
+
+Exit codes (documented in README.md):
+    0  every requested target converted and passed parity
+    1  a target failed conversion or parity (artifacts that converted are still written)
+    2  bad usage or an unreadable / refused model
+"""
+
+from __future__ import annotations
+
+
+class KexportError(Exception):
+    """Base class; the message is one line that names the file, layer/op, target and fix."""
+
+    exit_code = 1
+
+
+class UsageError(KexportError):
+    """Bad flags, unknown target, unwritable output directory."""
+
+    exit_code = 2
+
+
+class ModelLoadError(KexportError):
+    """The model file is missing, unreadable, or refused by safe mode."""
+
+    exit_code = 2
+
+
+class UnsupportedError(KexportError):
+    """A target cannot take the model. `items` lists *every* unsupported layer/op at once."""
+
+    exit_code = 1
+
+    def __init__(self, target: str, items: list[str], hint: str = ""):
+        self.target = target
+        self.items = list(items)
+        msg = f"target '{target}' cannot take: {', '.join(self.items)}"
+        if hint:
+            msg += f" ({hint})"
+        super().__init__(msg)
+
+
+class ConversionError(KexportError):
+    """The vendor converter failed."""
+
+    exit_code = 1
+
+
+class ParityError(KexportError):
+    """At least one artifact does not compute what the Keras model computes."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, result=None):
+        super().__init__(message)
+        self.result = result
+
+
+class RuntimeUnavailable(KexportError):
+    """A runtime cannot run here; parity reports it as skipped with this reason."""

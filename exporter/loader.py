@@ -1,0 +1,223 @@
+"""One loader for .keras, Keras 3 .h5, Keras 2 (tf_keras) .h5 and SavedModel directories.
+
+Safe mode is on by default: a model containing a Lambda layer is refused *before* any of its
+code is deserialized, by reading the stored config rather than loading it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import json
+import os
+import zipfile
+from pathlib import Path
+
+from .errors import ModelLoadError
+from .signature import ModelSignature, TensorSpec
+
+FORMATS = (".keras", ".h5", ".hdf5", "SavedModel directory")
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _stored_config(path: Path) -> dict | None:
+    """The model config as stored in the file, read without deserializing any layer."""
+    if path.suffix == ".keras":
+        try:
+            with zipfile.ZipFile(path) as zf:
+                return json.loads(zf.read("config.json"))
+        except (zipfile.BadZipFile, KeyError, OSError, ValueError) as e:
+            raise ModelLoadError(
+                f"{path}: not a valid .keras archive ({type(e).__name__}: {e}); the file may be "
+                "truncated or corrupt - re-save it with model.save('model.keras')"
+            ) from e
+    if path.suffix in (".h5", ".hdf5"):
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as f:
+                raw = f.attrs.get("model_config")
+                if raw is None:
+                    raise ModelLoadError(
+                        f"{path}: HDF5 file holds no model config (weights-only file?); save the "
+                        "whole model with model.save('model.h5') or model.save('model.keras')"
+                    )
+                return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        except OSError as e:
+            raise ModelLoadError(
+                f"{path}: not a readable HDF5 model file ({e}); pass a .keras, .h5 or SavedModel "
+                "directory"
+            ) from e
+    return None
+
+
+def _walk_layers(cfg):
+    """Yield (class_name, name) for every layer config, nested models included."""
+    if isinstance(cfg, dict):
+        if "class_name" in cfg and isinstance(cfg.get("config"), dict):
+            yield cfg["class_name"], cfg["config"].get("name", "?")
+        for v in cfg.values():
+            yield from _walk_layers(v)
+    elif isinstance(cfg, list):
+        for v in cfg:
+            yield from _walk_layers(v)
+
+
+def lambda_layers(cfg: dict | None) -> list[str]:
+    return sorted({name for cls, name in _walk_layers(cfg) if cls == "Lambda"})
+
+
+def load_custom_objects(module_path: str | os.PathLike | None) -> dict:
+    """Import a user file that defines / registers custom layers; return its classes by name."""
+    if not module_path:
+        return {}
+    p = Path(module_path)
+    if not p.is_file():
+        raise ModelLoadError(f"{p}: custom-objects file not found; pass --custom-objects path/to/module.py")
+    spec = importlib.util.spec_from_file_location(f"kexport_custom_{p.stem}", p)
+    mod = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as e:  # user code: any failure is reported, with its cause chained
+        raise ModelLoadError(f"{p}: importing custom objects failed: {type(e).__name__}: {e}") from e
+    return {n: o for n, o in vars(mod).items() if inspect.isclass(o) and o.__module__ == mod.__name__}
+
+
+def load_model(path, *, safe_mode: bool = True, custom_objects: str | dict | None = None):
+    """Load a Keras model from any supported format.
+
+    Args:
+        path: a `.keras` file, a `.h5` (Keras 3 or Keras 2) file, or a SavedModel directory.
+        safe_mode: refuse models with Lambda layers (arbitrary code) unless False.
+        custom_objects: a dict, or a path to a Python file that defines the custom layers.
+
+    Returns:
+        A Keras 3 model.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: file not found; pass a .keras, .h5 or SavedModel directory")
+    if path.is_dir():
+        if not (path / "saved_model.pb").exists():
+            raise ModelLoadError(f"{path}: directory has no saved_model.pb; pass a .keras, .h5 or SavedModel directory")
+        return _load_saved_model(path)
+    if path.suffix not in (".keras", ".h5", ".hdf5"):
+        raise ModelLoadError(f"{path}: unknown model format '{path.suffix}'; supported: {', '.join(FORMATS)}")
+    cfg = _stored_config(path)
+    lambdas = lambda_layers(cfg)
+    if safe_mode and lambdas:
+        raise ModelLoadError(
+            f"{path}: Lambda layer(s) {', '.join(lambdas)} run arbitrary Python code and are refused "
+            "in safe mode; re-run with --unsafe only if you trust this file"
+        )
+    objs = custom_objects if isinstance(custom_objects, dict) else load_custom_objects(custom_objects)
+    import keras
+
+    try:
+        return keras.saving.load_model(path, safe_mode=safe_mode, custom_objects=objs, compile=False)
+    except Exception as e:  # keras raises many types (ValueError, TypeError, KeyError, OSError)
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = "if it uses custom layers, pass --custom-objects path/to/module.py"
+        raise ModelLoadError(f"{path}: Keras could not load the model: {msg[:300]}; {hint}") from e
+
+
+def _load_saved_model(path: Path):
+    """Wrap a SavedModel's serving signature as a Keras 3 functional model."""
+    import keras
+    import tensorflow as tf
+
+    try:
+        loaded = tf.saved_model.load(str(path))
+        fn = loaded.signatures["serving_default"]
+    except Exception as e:
+        raise ModelLoadError(f"{path}: cannot load SavedModel serving_default signature: {e}") from e
+    specs = fn.structured_input_signature[1]
+    inputs = {
+        name: keras.Input(shape=tuple(s.shape[1:]), dtype=s.dtype.name, name=name)
+        for name, s in sorted(specs.items())
+    }
+    layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
+    outputs = layer(inputs)
+    return keras.Model(inputs, outputs, name=path.name)
+
+
+def _producer(t):
+    return t._keras_history[0]
+
+
+def signature_of(model) -> ModelSignature:
+    """Derive input/output names, shapes (free batch) and dtypes from a loaded model."""
+    import keras
+
+    graph = getattr(model, "_functional", None) or model  # a Sequential's inner functional graph
+    if not getattr(graph, "inputs", None):
+        raise ModelLoadError(
+            f"model '{model.name}' has no defined inputs (a subclassed or never-built model); "
+            "build it with keras.Input(...) or call it once before saving"
+        )
+    dict_inputs = isinstance(graph._inputs_struct, dict)
+    if dict_inputs:
+        in_items = list(graph._inputs_struct.items())
+    else:
+        in_items = [(_producer(t).name, t) for t in graph.inputs]
+    if isinstance(graph._outputs_struct, dict):
+        out_items = list(graph._outputs_struct.items())
+    else:
+        out_items = [(_producer(t).name, t) for t in graph.outputs]
+        names = [n for n, _ in out_items]
+        if len(set(names)) != len(names):  # several outputs of one layer
+            out_items = [(f"{n}_{i}", t) for i, (n, t) in enumerate(out_items)]
+
+    # Integer inputs feeding an Embedding must stay below its input_dim.
+    int_high: dict[str, int] = {}
+    stats: dict[str, tuple] = {}
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.Normalization) and getattr(layer, "mean", None) is not None:
+            import numpy as np
+
+            for node in layer._inbound_nodes:
+                for t in node.input_tensors:
+                    src = _producer(t)
+                    if isinstance(src, keras.layers.InputLayer):
+                        mean = np.ravel(np.asarray(layer.mean, dtype="float64"))
+                        std = np.sqrt(np.ravel(np.asarray(layer.variance, dtype="float64")))
+                        stats[src.name] = (tuple(float(v) for v in mean), tuple(float(v) for v in std))
+        if isinstance(layer, keras.layers.Embedding):
+            for node in layer._inbound_nodes:
+                for t in node.input_tensors:
+                    src = _producer(t)
+                    if isinstance(src, keras.layers.InputLayer):
+                        int_high[src.name] = min(int_high.get(src.name, layer.input_dim), layer.input_dim)
+
+    def spec(name, t, is_input):
+        dtype = keras.backend.standardize_dtype(t.dtype)
+        shape = (None,) + tuple(t.shape[1:])
+        high = mean = std = None
+        if is_input and ("int" in dtype):
+            high = int_high.get(_producer(t).name, int_high.get(name, 10))
+        if is_input and _producer(t).name in stats:
+            mean, std = stats[_producer(t).name]
+        return TensorSpec(name, shape, dtype, high, mean, std)
+
+    return ModelSignature(
+        tuple(spec(n, t, True) for n, t in in_items),
+        tuple(spec(n, t, False) for n, t in out_items),
+        dict_inputs=dict_inputs,
+    )
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers") and layer is not model:
+            yield from _all_layers(layer)

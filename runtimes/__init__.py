@@ -1,0 +1,13 @@
+"""One adapter per inference runtime: `available()`, `load(path)`, `predict(named arrays)`.
+
+Importing this package never imports TensorFlow (generated servers depend on that). Adding a
+runtime = one module plus one line in the import list below.
+"""
+
+from .base import Runtime, Session, all_runtimes, get_runtime, register_runtime  # noqa: F401
+
+# Explicit import list (no package scanning): each module registers its runtime.
+from . import keras_runtime  # noqa: F401,E402
+from . import tf_saved_model  # noqa: F401,E402
+from . import litert  # noqa: F401,E402
+from . import onnxruntime_runtime  # noqa: F401,E402

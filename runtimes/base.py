@@ -1,0 +1,75 @@
+"""The Runtime protocol and its registry. No TensorFlow here: generated servers import this."""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import numpy as np
+
+
+class Session(Protocol):
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+class Runtime:
+    """One inference runtime.
+
+    Subclasses set `name`, implement `available()` (None when usable, else the reason) and
+    `load(path)`. Name, layout and dtype mapping lives in the session, so callers only ever see
+    arrays keyed by the Keras input/output names.
+    """
+
+    name: str = ""
+    # Run in a child process without TensorFlow when verifying (see runtimes/isolated.py).
+    isolate: bool = False
+    # How to get it, shown by `kexport doctor` and in skipped rows.
+    install_hint: str = ""
+
+    def available(self) -> str | None:
+        return None
+
+    def load(self, path: str, **options) -> Session:
+        raise NotImplementedError
+
+
+_RUNTIMES: dict[str, Runtime] = {}
+
+
+def register_runtime(cls: type[Runtime]) -> type[Runtime]:
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    if cls.name in _RUNTIMES:
+        raise ValueError(f"runtime name '{cls.name}' registered twice ({cls.__name__})")
+    _RUNTIMES[cls.name] = cls()
+    return cls
+
+
+def get_runtime(name: str) -> Runtime:
+    try:
+        return _RUNTIMES[name]
+    except KeyError:
+        raise KeyError(f"Unknown runtime={name!r}. Known runtimes: {sorted(_RUNTIMES)}") from None
+
+
+def all_runtimes() -> dict[str, Runtime]:
+    return dict(_RUNTIMES)
+
+
+def module_missing(module: str, pip_name: str) -> str | None:
+    """Reason string when `module` cannot be imported (without importing it)."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        return f"python package '{module}' is not installed (pip install {pip_name})"
+    return None
+
+
+def run_in_batches(fn: Callable[[dict], dict], inputs: dict[str, np.ndarray], batch: int | None):
+    """Call fn on chunks of `batch` rows (for artifacts with a fixed batch size) and concatenate."""
+    n = len(next(iter(inputs.values())))
+    if batch is None or batch >= n:
+        return fn(inputs)
+    parts = [fn({k: v[i : i + batch] for k, v in inputs.items()}) for i in range(0, n, batch)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -1,0 +1,47 @@
+"""The reference runtime: the Keras model itself."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Runtime, module_missing, register_runtime
+
+
+@register_runtime
+class KerasRuntime(Runtime):
+    name = "keras"
+    install_hint = "pip install kexport"
+
+    def available(self):
+        return module_missing("keras", "keras")
+
+    def load(self, path, **options):
+        return KerasSession(options.get("model") or path, options.get("signature"))
+
+
+class KerasSession:
+    def __init__(self, model_or_path, signature=None):
+        if isinstance(model_or_path, (str, bytes)) or hasattr(model_or_path, "__fspath__"):
+            from exporter.loader import load_model
+
+            model_or_path = load_model(model_or_path)
+        from exporter.loader import signature_of
+
+        self.model = model_or_path
+        self.signature = signature or signature_of(self.model)
+
+    def predict(self, inputs):
+        sig = self.signature
+        if sig.dict_inputs:
+            x = {n: inputs[n] for n in sig.input_names}
+        else:
+            x = [inputs[n] for n in sig.input_names]
+            x = x[0] if len(x) == 1 else x
+        y = self.model.predict(x, verbose=0, batch_size=64)
+        if isinstance(y, dict):
+            return {n: np.asarray(y[n]) for n in sig.output_names}
+        y = y if isinstance(y, (list, tuple)) else [y]
+        return {n: np.asarray(v) for n, v in zip(sig.output_names, y)}
+
+    def close(self):
+        pass
