@@ -1,0 +1,55 @@
+"""Shared, session-scoped fixtures: each sample model is exported to every registered target
+once per test session, and every test that needs an artifact reads from that export."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SAMPLES = ROOT / "sample_models"
+# name -> file; every one of these goes through the whole parity matrix.
+SAMPLE_MODELS = {
+    "digits_cnn": SAMPLES / "digits_cnn.keras",
+    "digits_cnn_h5": SAMPLES / "digits_cnn.h5",
+    "wine_mlp": SAMPLES / "wine_mlp.keras",
+    "token_lstm": SAMPLES / "token_lstm.keras",
+    "two_in_two_out": SAMPLES / "two_in_two_out.keras",
+    "iris_keras2": SAMPLES / "iris_keras2.h5",
+}
+
+
+class _ExportCache:
+    def __init__(self, root: Path):
+        self.root = root
+        self._done = {}
+
+    def __call__(self, model_name: str):
+        """(ExportResult, out_dir) of `kexport all` on one sample model, computed once."""
+        if model_name not in self._done:
+            import exporter
+
+            out = self.root / model_name
+            result = exporter.export(str(SAMPLE_MODELS[model_name]), ["all"], out)
+            self._done[model_name] = (result, out)
+        return self._done[model_name]
+
+
+@pytest.fixture(scope="session")
+def sample_export(tmp_path_factory):
+    return _ExportCache(tmp_path_factory.mktemp("exports"))
+
+
+@pytest.fixture(scope="session")
+def digits_ctx():
+    """The digits model loaded once, with its reference data, for tests that need a context."""
+    from exporter.api import build_context
+    from exporter.options import ExportOptions
+
+    return build_context(SAMPLE_MODELS["digits_cnn"], ExportOptions())
