@@ -131,6 +131,7 @@ def compare(runtime: str, reference: dict, got: dict, tol) -> ParityRow:
 def check_artifact(artifact, runtime_names, reference_in, reference_out, tol, *, model=None, signature=None):
     """Run the artifact in each runtime; an unavailable runtime is a skipped row with its reason."""
     from runtimes import get_runtime
+    from runtimes.base import UnsupportedOp
     from runtimes.isolated import IsolatedSession
 
     rows = []
@@ -149,6 +150,10 @@ def check_artifact(artifact, runtime_names, reference_in, reference_out, tol, *,
             else:
                 session = rt.load(str(artifact.path), **artifact.runtime_options)
             got = session.predict(reference_in)
+        except UnsupportedOp as e:  # the runtime cannot execute it: no verdict on the artifact
+            rows.append(ParityRow(name, "skipped", atol=tol.atol, rtol=tol.rtol, reason=f"{name}: {e}",
+                                  seconds=round(time.perf_counter() - t0, 3)))
+            continue
         except Exception as e:  # the runtime refused the artifact: that is a parity failure
             msg = str(e).strip().splitlines()
             rows.append(ParityRow(name, "failed", atol=tol.atol, rtol=tol.rtol,

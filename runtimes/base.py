@@ -7,6 +7,18 @@ from typing import Callable, Protocol
 import numpy as np
 
 
+class UnsupportedOp(Exception):
+    """A runtime met an op it cannot execute (e.g. a reference interpreter without that op).
+
+    Parity reports the runtime as `skipped` naming the op, never `passed` nor `failed`: the
+    artifact may be fine, this runtime just cannot prove it.
+    """
+
+    def __init__(self, op: str, detail: str = ""):
+        self.op = op
+        super().__init__(f"op '{op}' is not implemented by this runtime" + (f" ({detail})" if detail else ""))
+
+
 class Session(Protocol):
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
