@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -192,6 +193,8 @@ COMMANDS = {"verify": cmd_verify, "inspect": cmd_inspect, "doctor": cmd_doctor}
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    if debug:
+        os.environ["KEXPORT_DEBUG"] = "1"
     _quiet_libraries(debug)
     try:
         parser = build_parser()
@@ -219,5 +222,48 @@ def main(argv=None) -> int:
         return EXIT_FAILED
 
 
-if __name__ == "__main__":
+_NOISE = re.compile(
+    rb"^(?:[EWI]\d{4} |\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [EWI] |WARNING: All log messages before absl"
+    rb"|To enable the following instructions|.*(?:cuda|cuDNN|cuFFT|cuBLAS|TF-TRT))"
+)
+
+
+def _filter_native_stderr():
+    """Drop TensorFlow's C++ start-up chatter (CUDA probes, absl banners) from fd 2, keep the rest.
+
+    Only for the console script: in-process callers (tests, the API) keep their stderr as is.
+    """
+    import atexit
+    import threading
+
+    original = os.dup(2)
+    read_fd, write_fd = os.pipe()
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+
+    def pump():
+        with os.fdopen(read_fd, "rb") as src:
+            for line in src:
+                if not _NOISE.match(line):
+                    os.write(original, line)
+
+    t = threading.Thread(target=pump, daemon=True)
+    t.start()
+
+    def restore():
+        sys.stderr.flush()
+        os.dup2(original, 2)  # closes the pipe's last writer, so pump() sees EOF
+        t.join(timeout=2)
+
+    atexit.register(restore)
+
+
+def run():
+    """Console-script entry point."""
+    if "--debug" not in sys.argv:
+        _filter_native_stderr()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

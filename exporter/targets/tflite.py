@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConversionError, UnsupportedError
+from ..native_log import captured_native_stderr
 from .base import Artifact, Target, register_target
 
 
@@ -61,34 +62,47 @@ def convert_saved_model(sm_path: Path, *, allow_tf_ops: bool, target: str, confi
             configure(conv)
         return conv
 
-    conv = make()
+    def run(conv):
+        with captured_native_stderr():
+            return conv.convert()
+
     try:
-        return conv.convert(), []
+        return run(make()), []
     except Exception as e:  # converter raises ConverterError and friends
-        ops = tf_ops_from_error(str(e))
-        if not ops:
-            raise ConversionError(f"target '{target}': TFLite converter failed: {first_line(e)}") from e
-        if not allow_tf_ops:
-            raise UnsupportedError(
-                target, [f"TF op {o}" for o in ops],
-                "no TFLite builtin exists for them; re-run with --allow-tf-ops to use SELECT_TF_OPS "
-                "(the device then needs the Flex delegate)",
-            ) from e
+        first = e
+    ops = sorted(set(non_builtin_ops(str(first))))
+    if not ops:
+        raise ConversionError(f"target '{target}': TFLite converter failed: {first_line(first)}") from first
+    # Builtins-only errors name every non-builtin op alike; a SELECT_TF_OPS pass tells which of
+    # them the Flex delegate can run.
     conv = make()
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
     try:
-        return conv.convert(), ops
+        data = run(conv)
     except Exception as e:
-        raise ConversionError(f"target '{target}': TFLite converter failed with TF ops: {first_line(e)}") from e
+        custom = sorted(set(non_builtin_ops(str(e)))) or ops
+        raise UnsupportedError(
+            target, [f"TF op {o}" + ("" if o in custom else " (Flex)") for o in ops],
+            f"{', '.join(custom)}: neither a TFLite builtin nor a Flex op; implement a TFLite custom "
+            "op or replace the layer that uses it",
+        ) from e
+    if not allow_tf_ops:
+        raise UnsupportedError(
+            target, [f"TF op {o}" for o in ops],
+            "no TFLite builtin exists for them; re-run with --allow-tf-ops to use SELECT_TF_OPS "
+            "(the device then needs the Flex delegate)",
+        ) from first
+    return data, ops
 
 
-def tf_ops_from_error(text: str) -> list[str]:
-    m = re.search(r"TF Select ops: ([^\n]+)", text)
-    ops = set()
-    if m:
-        ops.update(o.strip().strip(".") for o in m.group(1).split(","))
-    ops.update(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", text))
-    return sorted(o for o in ops if o)
+def non_builtin_ops(text: str) -> list[str]:
+    """TF op names the converter could not map, from its error text."""
+    ops = re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", text)
+    for label in ("TF Select ops", "Custom ops"):
+        m = re.search(label + r": ([^\n]+)", text)
+        if m:
+            ops += [o.strip().strip(".") for o in m.group(1).split(",")]
+    return [o for o in ops if o]
 
 
 def first_line(e: BaseException) -> str:

@@ -1,0 +1,310 @@
+"""CoreML: an ML Program `.mlpackage` (default) or a legacy NeuralNetwork `.mlmodel`, converted by
+coremltools from ONE traced concrete function (the rewritten serving function).
+
+`ct.convert(keras_model)` breaks on Keras 3 models and the SavedModel from `model.export()` has
+several concrete functions, which coremltools refuses; the traced function is the robust path.
+
+The batch dimension is fixed to 1: that is how an app calls a CoreML model (one camera frame,
+one request), it keeps every shape static so coremltools folds the shape arithmetic, and the
+runtimes serve a batch row by row (`runtime_options["batch"]`).
+
+Verified on Linux by `coreml-reference` (runtimes/coreml_reference, a NumPy ML Program
+interpreter) and, on macOS, by `coreml` (native prediction). See docs/coreml.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConversionError, UnsupportedError, UsageError
+from .base import FP32, Artifact, Target, Tolerance, register_target
+from .tflite import first_line
+
+IOS_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
+NN_TARGETS = ("iOS13", "iOS14", "macOS10_15", "macOS11")  # legacy neuralnetwork format only
+QUANTIZE = ("float16", "int8", "palettize", "all")
+COLOR_LAYOUTS = ("RGB", "BGR", "GRAYSCALE")
+
+# fp16 programs store every intermediate tensor in half precision (11-bit mantissa, relative
+# rounding 4.9e-4 per op). Measured on the sample models and MobileNetV2/ResNet50 (random weights,
+# calibrated BatchNorm, docs/coreml.md): worst max|err| / max|keras| = 4.6e-3 over 50..170 layers.
+# 2e-2 of the output scale leaves ~4x margin; top-1 agreement >= 0.99 catches a real regression.
+FP16 = Tolerance(atol=1e-3, rtol=2e-2, min_top1=0.99)
+# 8-bit linear weights (per-channel) and 6-bit palettes change the weights themselves: the error
+# is that of the model with rounded weights, measured up to ~6e-2 of the output scale.
+INT8 = Tolerance(atol=1e-2, rtol=1e-1, min_top1=0.9)
+PALETTIZED = Tolerance(atol=2e-2, rtol=2e-1, min_top1=0.9)
+# Ops that coremltools lists as convertible but crashes on for Keras 3 graphs.
+BROKEN_TF_OPS = {
+    "StatelessWhile": "coremltools 9 crashes (IndexError) on the loop an RNN lowers to when its "
+                      "sequence length is not fixed; give the Input a fixed length so kexport unrolls it",
+    "While": "same as StatelessWhile",
+}
+_STRUCTURAL = {"Placeholder", "Const", "Identity", "IdentityN", "NoOp", "ReadVariableOp", "VarHandleOp",
+               "StatefulPartitionedCall", "PartitionedCall", "_Arg", "_Retval"}
+
+
+@dataclass(frozen=True)
+class CoreMLOptions:
+    format: str = "mlprogram"  # mlprogram | neuralnetwork
+    deployment_target: str | None = None
+    precision: str = "float16"
+    quantize: str | None = None  # float16 | int8 | palettize | all (extra variants)
+    image_input: str | None = None
+    scale: float = 1.0
+    bias: tuple = (0.0,)
+    color_layout: str = "RGB"
+    class_labels: str | None = None  # path to a text file, one label a line
+    author: str | None = None
+    license: str | None = None
+    short_description: str | None = None
+    model_version: str | None = None
+
+
+@register_target
+class CoreMLTarget(Target):
+    name = "coreml"
+    description = "CoreML ML Program (.mlpackage) for iOS/macOS, verified on Linux by a reference interpreter"
+    runtimes = ("coreml-reference", "coreml")
+    extra = "coreml"
+    requires = ("coremltools", "tensorflow")
+    tolerance = FP32
+    Options = CoreMLOptions
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--format", choices=("mlprogram", "neuralnetwork"), default="mlprogram",
+                            help="mlprogram (.mlpackage, iOS15+, default) or neuralnetwork (.mlmodel, iOS14 and older)")
+        parser.add_argument("--deployment-target", choices=IOS_TARGETS + NN_TARGETS,
+                            help="minimum OS (default iOS15 for mlprogram, iOS14 for neuralnetwork)")
+        parser.add_argument("--precision", choices=("float16", "float32"), default="float16",
+                            help="compute precision of the program (default float16, as coremltools)")
+        parser.add_argument("--quantize", choices=QUANTIZE, default=None,
+                            help="extra variants: float16, int8 (linear weights), palettize (6-bit lookup), all")
+        parser.add_argument("--image-input", metavar="NAME", help="make this input a CoreML image (camera frames)")
+        parser.add_argument("--scale", type=float, default=1.0, help="image input: tensor = scale * pixel + bias")
+        parser.add_argument("--bias", default="0", help="image input: one value, or one per channel 'r,g,b'")
+        parser.add_argument("--color-layout", choices=COLOR_LAYOUTS, default="RGB", help="image input channel order")
+        parser.add_argument("--class-labels", metavar="LABELS.txt",
+                            help="one label a line: make a CoreML classifier (label + probabilities)")
+        parser.add_argument("--author", help="model metadata: author")
+        parser.add_argument("--license", help="model metadata: license")
+        parser.add_argument("--short-description", help="model metadata: short description")
+        parser.add_argument("--model-version", help="model metadata: version string")
+
+    @classmethod
+    def options_from_args(cls, args):
+        g = lambda k, d=None: getattr(args, k, d)  # noqa: E731  (`kexport all` may lack some flags)
+        try:
+            bias = tuple(float(b) for b in str(g("bias", "0")).split(","))
+        except ValueError as e:
+            raise UsageError(f"--bias={g('bias')!r}: expected a number or 'r,g,b' numbers") from e
+        return CoreMLOptions(
+            format=g("format") or "mlprogram", deployment_target=g("deployment_target"),
+            precision=g("precision") or "float16", quantize=g("quantize"), image_input=g("image_input"),
+            scale=g("scale", 1.0) if g("scale") is not None else 1.0, bias=bias,
+            color_layout=g("color_layout") or "RGB", class_labels=g("class_labels"), author=g("author"),
+            license=g("license"), short_description=g("short_description"), model_version=g("model_version"),
+        )
+
+    def variants(self, options) -> list[str]:
+        base = "fp16" if options.precision == "float16" else "fp32"
+        if options.format == "neuralnetwork":
+            return [base]
+        extra = {"float16": ["fp16"], "int8": ["int8"], "palettize": ["palettized"],
+                 "all": ["fp16", "int8", "palettized"]}.get(options.quantize or "", [])
+        return list(dict.fromkeys([base] + extra))
+
+    def tolerance_for(self, variant: str, options) -> Tolerance:
+        return {"fp32": FP32, "fp16": FP16, "int8": INT8, "palettized": PALETTIZED}[variant]
+
+    def preflight(self, ctx, options) -> list[str]:
+        from coremltools.converters.mil.frontend.tensorflow import ops  # noqa: F401  (registers handlers)
+        from coremltools.converters.mil.frontend.tensorflow.tf_op_registry import _TF_OPS_REGISTRY
+
+        check_options(ctx.signature, options, self.name)
+        graph_def, _, _ = ctx.frozen_graph(rewrite=True)
+        ops_used = {n.op for n in graph_def.node} | {n.op for f in graph_def.library.function for n in f.node_def}
+        problems = []
+        for op in sorted(ops_used - _STRUCTURAL):
+            if op in BROKEN_TF_OPS:
+                problems.append(f"TF op {op}: {BROKEN_TF_OPS[op]}")
+            elif op not in _TF_OPS_REGISTRY:
+                problems.append(f"TF op {op}")
+        return problems
+
+    def export(self, ctx, dest: Path, options, variant: str) -> Artifact:
+        model, notes = convert(ctx, options, variant, self.name)
+        dest.mkdir(parents=True, exist_ok=True)
+        ext = "mlpackage" if options.format == "mlprogram" else "mlmodel"
+        out = dest / f"{ctx.name}_{variant}.{ext}"
+        model.save(str(out))
+        art = Artifact(out, variant=variant, notes=notes, runtime_options={"batch": 1},
+                       extra={"format": options.format, "deployment_target": deployment_target(options),
+                              "precision": "float16" if variant == "fp16" else "float32"})
+        if options.image_input:
+            art.runtime_options["image_inputs"] = {options.image_input: {"scale": options.scale,
+                                                                         "bias": list(options.bias)}}
+        if options.format == "neuralnetwork":
+            art.skip["coreml-reference"] = ("the reference interpreter executes ML Programs only; a NeuralNetwork "
+                                            ".mlmodel (iOS14 and older) runs only in Core ML on macOS")
+        return art
+
+
+def deployment_target(options) -> str:
+    if options.deployment_target:
+        return options.deployment_target
+    return "iOS15" if options.format == "mlprogram" else "iOS14"
+
+
+def check_options(signature, options, target: str) -> None:
+    """Every bad option, before converting: image input, class labels, deployment target."""
+    dt = deployment_target(options)
+    if options.format == "mlprogram" and dt not in IOS_TARGETS:
+        raise UsageError(f"target '{target}': --deployment-target {dt} is too old for an ML Program "
+                         f"(needs one of {', '.join(IOS_TARGETS)}); use --format neuralnetwork for it")
+    if options.format == "neuralnetwork" and dt not in NN_TARGETS:
+        raise UsageError(f"target '{target}': --format neuralnetwork is for {', '.join(NN_TARGETS)}; "
+                         f"--deployment-target {dt} should use the default mlprogram format")
+    if options.image_input:
+        image_layout(signature, options, target)
+    if options.class_labels:
+        read_labels(signature, options.class_labels, target)
+
+
+def image_layout(signature, options, target: str) -> bool:
+    """Validates --image-input; returns True when the input is channels-first."""
+    names = signature.input_names
+    if options.image_input not in names:
+        raise UsageError(f"target '{target}': --image-input {options.image_input!r} names no model input; "
+                         f"the inputs are {names}")
+    spec = next(t for t in signature.inputs if t.name == options.image_input)
+    want = 1 if options.color_layout == "GRAYSCALE" else 3
+    shape = tuple(spec.shape)
+    fix = f"an image input must be (batch, height, width, {want}) or (batch, {want}, height, width)"
+    if len(shape) != 4 or "float" not in spec.dtype or None in shape[1:]:
+        raise UsageError(f"target '{target}': input '{spec.name}' has shape {list(shape)} ({spec.dtype}), "
+                         f"not an image; {fix}, float, with fixed sizes")
+    if shape[3] == want:
+        first = False
+    elif shape[1] == want:
+        first = True
+    else:
+        raise UsageError(f"target '{target}': input '{spec.name}' has shape {list(shape)}: no axis of "
+                         f"{want} channels for --color-layout {options.color_layout}; {fix}")
+    if len(options.bias) not in (1, want):
+        raise UsageError(f"target '{target}': --bias has {len(options.bias)} values; give 1 or {want}")
+    return first
+
+
+def read_labels(signature, path, target: str) -> list[str]:
+    try:
+        labels = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: cannot read --class-labels ({e})") from e
+    probs = [t for t in signature.outputs if len(t.shape) == 2]
+    if len(signature.outputs) != 1 or not probs:
+        raise UsageError(f"target '{target}': --class-labels needs a model with one (batch, classes) output; "
+                         f"outputs are {[(t.name, list(t.shape)) for t in signature.outputs]}")
+    n = probs[0].shape[1]
+    if len(labels) != n:
+        raise UsageError(f"{path}: {len(labels)} labels but output '{probs[0].name}' has {n} classes; "
+                         "write one label a line, in class order")
+    return labels
+
+
+def convert(ctx, options, variant: str, target: str):
+    """Returns (ct.models.MLModel with the Keras input/output names, notes)."""
+    import coremltools as ct
+    import numpy as np
+
+    sig = ctx.signature
+    concrete, _, applied = ctx.serving_function(rewrite=True)
+    notes = list(applied)
+    channels_first = image_layout(sig, options, target) if options.image_input else False
+    inputs = []
+    for t in sig.inputs:
+        shape = (1,) + tuple(t.shape[1:])
+        if None in shape:
+            raise UnsupportedError(target, [f"input '{t.name}' with free dimension {list(t.shape)}"],
+                                   "CoreML needs fixed sizes besides the batch; give the Keras Input a shape")
+        if t.name == options.image_input:
+            bias = list(options.bias) if len(options.bias) > 1 else options.bias[0]
+            inputs.append(ct.ImageType(name=t.name, shape=shape, scale=options.scale, bias=bias,
+                                       color_layout=getattr(ct.colorlayout, options.color_layout),
+                                       channel_first=channels_first))
+            notes.append(f"input '{t.name}' is a CoreML image ({options.color_layout}, "
+                         f"tensor = {options.scale} * pixel + {options.bias})")
+        else:
+            dtype = np.int32 if "int" in t.dtype else (np.bool_ if t.dtype == "bool" else np.float32)
+            inputs.append(ct.TensorType(name=t.name, shape=shape, dtype=dtype))
+    labels = read_labels(sig, options.class_labels, target) if options.class_labels else None
+    kwargs = {"convert_to": options.format, "inputs": inputs,
+              "minimum_deployment_target": getattr(ct.target, deployment_target(options))}
+    if options.format == "mlprogram":
+        kwargs["compute_precision"] = ct.precision.FLOAT16 if variant == "fp16" else ct.precision.FLOAT32
+    if labels:
+        kwargs["classifier_config"] = ct.ClassifierConfig(labels)
+    try:
+        mlmodel = ct.convert([concrete], source="tensorflow", **kwargs)
+    except Exception as e:  # coremltools raises ValueError, NotImplementedError, IndexError, ...
+        raise ConversionError(f"target '{target}': coremltools failed: {first_line(e)}") from e
+    mlmodel = _rename_outputs(mlmodel, concrete, sig, target)
+    if variant in ("int8", "palettized"):
+        mlmodel = _compress(mlmodel, variant, target)
+        notes.append("weights linearly quantized to int8 (per channel)" if variant == "int8"
+                     else "weights palettized to 6-bit lookup tables (k-means)")
+    _metadata(mlmodel, ctx, options, notes)
+    return mlmodel, notes
+
+
+def _rename_outputs(mlmodel, concrete, sig, target):
+    """The TF frontend names outputs after graph tensors (Identity, Identity_1, ...); the serving
+    function returns a dict, whose tensors TF flattens in sorted-key order."""
+    import coremltools as ct
+
+    spec = mlmodel.get_spec()
+    graph_names = [t.name.split(":")[0] for t in concrete.outputs]
+    mapping = dict(zip(graph_names, sorted(sig.output_names)))
+    have = [o.name for o in spec.description.output]
+    for old in have:
+        if old in mapping and old != mapping[old]:
+            ct.utils.rename_feature(spec, old, mapping[old], rename_inputs=False)
+    got = {o.name for o in spec.description.output} - {spec.description.predictedFeatureName}
+    if got != set(sig.output_names):
+        raise ConversionError(f"target '{target}': CoreML outputs {sorted(got)} do not match the Keras "
+                              f"outputs {sig.output_names}")
+    return ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir if spec.WhichOneof("Type") == "mlProgram" else None,
+                             skip_model_load=True)
+
+
+def _compress(mlmodel, variant, target):
+    import coremltools.optimize.coreml as cto
+
+    try:
+        if variant == "int8":
+            cfg = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(
+                mode="linear_symmetric", dtype="int8", granularity="per_channel"))
+            return cto.linear_quantize_weights(mlmodel, cfg)
+        cfg = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=6))
+        return cto.palettize_weights(mlmodel, cfg)
+    except Exception as e:
+        raise ConversionError(f"target '{target}': coremltools.optimize ({variant}) failed: {first_line(e)}") from e
+
+
+def _metadata(mlmodel, ctx, options, notes) -> None:
+    from .. import __version__
+
+    for attr, value in (("author", options.author), ("license", options.license),
+                        ("short_description", options.short_description), ("version", options.model_version)):
+        if value:
+            setattr(mlmodel, attr, value)
+    meta = mlmodel.user_defined_metadata
+    meta["kexport.version"] = __version__
+    meta["kexport.model_sha256"] = ctx.model_sha256
+    meta["kexport.keras_inputs"] = ",".join(ctx.signature.input_names)
+    meta["kexport.keras_outputs"] = ",".join(ctx.signature.output_names)
+    if notes:
+        meta["kexport.rewrites"] = "; ".join(notes)
