@@ -1,0 +1,189 @@
+"""CLI tests, in-process through main(): exit codes, one-line errors, no partial artifacts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import SAMPLE_MODELS
+from exporter.cli import main
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def assert_one_line_error(err: str, *needles: str):
+    lines = [ln for ln in err.splitlines() if ln.startswith("kexport: ")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err, err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def artifacts_in(out: Path) -> list[Path]:
+    if not out.exists():
+        return []
+    return [p for p in out.rglob("*") if p.is_file() and p.name != "report.json" and "reference" not in p.parts]
+
+
+@pytest.fixture(scope="module")
+def lambda_model(tmp_path_factory):
+    import keras
+
+    inp = keras.Input((3,), name="x")
+    out = keras.layers.Lambda(lambda t: t * 2.0, name="double_it")(inp)
+    path = tmp_path_factory.mktemp("lam") / "lambda_model.keras"
+    keras.Model(inp, keras.layers.Dense(2, name="y")(out)).save(path)
+    return path
+
+
+def test_missing_file(capsys, tmp_path):
+    code, _, err = run(capsys, "tflite", tmp_path / "nope.keras", "-o", tmp_path / "out")
+    assert code == 2
+    assert_one_line_error(err, "nope.keras", "not found")
+    assert artifacts_in(tmp_path / "out") == []
+
+
+def test_text_file_renamed_h5(capsys, tmp_path):
+    bad = tmp_path / "model.h5"
+    bad.write_text("this is not a model\n")
+    code, _, err = run(capsys, "onnx", bad, "-o", tmp_path / "out")
+    assert code == 2
+    assert_one_line_error(err, "model.h5", "HDF5")
+    assert artifacts_in(tmp_path / "out") == []
+
+
+def test_truncated_keras(capsys, tmp_path):
+    data = SAMPLE_MODELS["digits_cnn"].read_bytes()
+    bad = tmp_path / "truncated.keras"
+    bad.write_bytes(data[: len(data) // 2])
+    code, _, err = run(capsys, "all", bad, "-o", tmp_path / "out")
+    assert code == 2
+    assert_one_line_error(err, "truncated.keras", "truncated")
+    assert artifacts_in(tmp_path / "out") == []
+
+
+def test_lambda_refused_in_safe_mode(capsys, tmp_path, lambda_model):
+    code, _, err = run(capsys, "tflite", lambda_model, "-o", tmp_path / "out")
+    assert code == 2
+    assert_one_line_error(err, "double_it", "--unsafe", "lambda_model.keras")
+    assert artifacts_in(tmp_path / "out") == []
+
+
+def test_lambda_allowed_with_unsafe(capsys, tmp_path, lambda_model):
+    code, out, err = run(capsys, "onnx", lambda_model, "-o", tmp_path / "out", "--unsafe")
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["targets"][0]["parity"][0]["status"] == "passed"
+
+
+def test_unknown_target(capsys, tmp_path):
+    code, _, err = run(capsys, "tensorrt", SAMPLE_MODELS["digits_cnn"], "-o", tmp_path / "out")
+    assert code == 2
+    assert_one_line_error(err, "tensorrt")
+
+
+def test_unwritable_output(capsys, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    code, _, err = run(capsys, "tflite", SAMPLE_MODELS["digits_cnn"], "-o", blocker / "sub")
+    assert code == 2
+    assert_one_line_error(err, "not writable", str(blocker / "sub"))
+
+
+def test_parity_failure_exits_1_and_keeps_artifact_marked_failed(capsys, tmp_path):
+    """A zero tolerance cannot hold for a real converter: the row fails, the file stays."""
+    out = tmp_path / "out"
+    code, stdout, _ = run(capsys, "tflite", SAMPLE_MODELS["wine_mlp"], "-o", out, "--atol", 0, "--rtol", 0)
+    assert code == 1
+    row = json.loads((out / "report.json").read_text())["targets"][0]
+    assert row["parity"][0]["status"] == "failed"
+    assert (out / row["artifact"]).exists()
+    assert "failed" in stdout
+
+
+def test_failed_conversion_keeps_previous_artifact(capsys, tmp_path):
+    """An unsupported model must not replace a good artifact already in place."""
+    out = tmp_path / "out"
+    assert run(capsys, "tflite", SAMPLE_MODELS["iris_keras2"], "-o", out)[0] == 0
+    before = (out / "tflite" / "model.tflite").read_bytes()
+    code, _, _ = run(capsys, "tflite", Path(__file__).parent / "data" / "cumprod_model.keras", "-o", out,
+                     "--custom-objects", Path(__file__).parent / "data" / "custom_layers.py")
+    assert code == 1
+    assert (out / "tflite" / "model.tflite").read_bytes() == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".kexport")]
+
+
+def test_json_output_and_verify_roundtrip(capsys, tmp_path):
+    out = tmp_path / "out"
+    code, stdout, _ = run(capsys, "onnx", SAMPLE_MODELS["two_in_two_out"], "-o", out, "--json")
+    assert code == 0
+    report = json.loads(stdout)
+    assert report["targets"][0]["parity"][0]["status"] == "passed"
+    code, stdout, _ = run(capsys, "verify", out)
+    assert code == 0 and "passed" in stdout
+
+
+def test_verify_detects_tampered_artifact(capsys, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    out = tmp_path / "out"
+    assert run(capsys, "onnx", SAMPLE_MODELS["wine_mlp"], "-o", out)[0] == 0
+    path = out / "onnx" / "model.onnx"
+    m = onnx.load(path)
+    biggest = max(m.graph.initializer, key=lambda t: numpy_helper.to_array(t).size)
+    arr = numpy_helper.to_array(biggest).copy()
+    arr.flat[0] += 0.5
+    biggest.CopyFrom(numpy_helper.from_array(arr, biggest.name))
+    onnx.save(m, path)
+    code, stdout, _ = run(capsys, "verify", out)
+    assert code == 1
+    assert "failed" in stdout
+
+
+def test_verify_on_a_directory_without_report(capsys, tmp_path):
+    code, _, err = run(capsys, "verify", tmp_path)
+    assert code == 2
+    assert_one_line_error(err, "report.json")
+
+
+def test_inspect_lists_signature_and_targets(capsys):
+    code, out, _ = run(capsys, "inspect", SAMPLE_MODELS["token_lstm"])
+    assert code == 0
+    assert "tokens: shape=[None, 20] dtype=int32" in out
+    assert "LSTM" in out
+    for name in ("saved-model", "tflite", "onnx"):
+        assert f"  {name}" in out
+
+
+def test_inspect_lists_every_unsupported_op(capsys):
+    code, out, _ = run(capsys, "inspect", Path(__file__).parent / "data" / "erfinv_model.keras",
+                       "--custom-objects", Path(__file__).parent / "data" / "custom_layers.py")
+    assert code == 0
+    onnx_line = next(ln for ln in out.splitlines() if ln.strip().startswith("onnx"))
+    assert "Erfinv" in onnx_line
+
+
+def test_doctor_reports_runtimes(capsys):
+    code, out, _ = run(capsys, "doctor")
+    assert code == 0
+    for name in ("keras", "litert", "onnxruntime", "tf-saved-model"):
+        assert name in out
+
+
+def test_no_command_is_usage_error(capsys):
+    assert run(capsys)[0] == 2
+
+
+def test_bad_flag_is_one_line_usage_error(capsys):
+    code, _, err = run(capsys, "tflite", SAMPLE_MODELS["wine_mlp"], "--frobnicate")
+    assert code == 2
+    assert_one_line_error(err, "--frobnicate")
