@@ -21,6 +21,19 @@ class ExportOptions:
     atol: float | None = None  # override every target's default tolerance
     rtol: float | None = None
     target_options: dict = field(default_factory=dict)  # target name -> its Options dataclass
+    # Quantized variants (docs/quantization.md): "int8", "int8,float16" or "all" (every variant of
+    # each target); the data they are calibrated/measured on, and the gate's thresholds.
+    quantize: str | None = None
+    calibration: str | None = None  # .npz named after the inputs, or an image folder
+    eval: str | None = None  # .npz with the inputs and `y` labels, or a folder of class folders
+    min_agreement: float = 0.98  # top-1 agreement with Keras a variant needs
+    max_accuracy_drop: float = 1.0  # accuracy points a variant may lose against Keras
 
     def for_target(self, target):
-        return self.target_options.get(target.name) or target.Options()
+        opts = self.target_options.get(target.name) or target.Options()
+        # API callers set `quantize` once; a target whose options carry it and leave it unset takes it.
+        if self.quantize and not getattr(opts, "quantize", "absent"):
+            import dataclasses
+
+            opts = dataclasses.replace(opts, quantize=self.quantize)
+        return opts
