@@ -39,7 +39,30 @@ def _common(p: argparse.ArgumentParser, *, model=True):
         p.add_argument("--atol", type=float, help="override the absolute tolerance of every target")
         p.add_argument("--rtol", type=float, help="override the (scale-relative) tolerance of every target")
         p.add_argument("--json", action="store_true", help="print report.json instead of the table")
+        q = p.add_argument_group("quantized variants (docs/quantization.md)")
+        q.add_argument("--quantize", metavar="VARIANTS",
+                       help="extra variants next to fp32, comma-separated, or 'all' (each target's full list): "
+                            "tflite dynamic|float16|int8, onnx dynamic|int8, coreml float16|int8|palettize, "
+                            "tfjs float16|uint8|uint16")
+        q.add_argument("--calibration", metavar="DATA.npz|DIR",
+                       help="calibration data for static int8: arrays named after the inputs, or an image folder")
+        q.add_argument("--eval", metavar="DATA.npz|DIR",
+                       help="evaluation data: the inputs plus labels 'y' (or a folder of class folders)")
+        q.add_argument("--min-agreement", type=float, default=0.98,
+                       help="refuse a variant whose top-1 agreement with Keras is below this (default 0.98)")
+        q.add_argument("--max-accuracy-drop", type=float, default=1.0,
+                       help="refuse a variant losing more accuracy points than this vs Keras (default 1.0)")
     p.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+
+
+def _add_target_arguments(p: argparse.ArgumentParser, target) -> None:
+    """A target's flags, minus those already defined (shared flags such as --quantize are defined
+    once, in _common, with the vocabulary of every target)."""
+    scratch = _Parser(add_help=False)
+    target.add_arguments(scratch)
+    for action in scratch._actions:
+        if not any(s in p._option_string_actions for s in action.option_strings):
+            p._add_action(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,15 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, target in targets.items():
         p = sub.add_parser(name, help=target.description)
         _common(p)
-        target.add_arguments(p)
+        _add_target_arguments(p, target)
     p = sub.add_parser("all", help="every target")
     _common(p)
-    for target in targets.values():  # shared flags (e.g. --quantize) are defined once
-        scratch = _Parser(add_help=False)
-        target.add_arguments(scratch)
-        for action in scratch._actions:
-            if not any(s in p._option_string_actions for s in action.option_strings):
-                p._add_action(action)
+    for target in targets.values():
+        _add_target_arguments(p, target)
     p = sub.add_parser("verify", help="re-check an export directory against its stored reference data")
     p.add_argument("out", help="directory written by kexport")
     p.add_argument("--json", action="store_true")
@@ -99,7 +118,8 @@ def _options(args):
     return ExportOptions(
         safe_mode=not args.unsafe, custom_objects=args.custom_objects, inputs=args.inputs,
         samples=args.samples, verify=not args.no_verify, atol=args.atol, rtol=args.rtol,
-        target_options=topts,
+        target_options=topts, quantize=args.quantize, calibration=args.calibration, eval=args.eval,
+        min_agreement=args.min_agreement, max_accuracy_drop=args.max_accuracy_drop,
     )
 
 
