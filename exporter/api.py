@@ -128,9 +128,15 @@ def export(model, targets=("all",), out_dir="kexport-out", *, options: ExportOpt
     say = progress or (lambda s: None)
     run_t0 = time.perf_counter()
     chosen = resolve_targets(targets)
+    if options.quantize:
+        from .quantize import check_thresholds, check_vocabulary
+
+        check_vocabulary(options.quantize, chosen)
+        check_thresholds(options.min_agreement, options.max_accuracy_drop)
     out = Path(out_dir)
     ensure_writable(out)
     ctx = build_context(model, options, say)
+    ctx.export_options = options  # calibration / eval data for quantized variants (exporter/quantize.py)
     try:
         result = ExportResult(
             kexport_version=__version__,
@@ -199,6 +205,7 @@ def _run_target(target, ctx, out: Path, options: ExportOptions, say: Progress) -
     tmp = Path(tempfile.mkdtemp(prefix=f".kexport-{target.name}-", dir=out))
     final = out / target.name
     results = []
+    produced = []  # (row, artifact) for the variant metrics
     try:
         for variant in target.variants(topts):
             v0 = time.perf_counter()
@@ -228,6 +235,11 @@ def _run_target(target, ctx, out: Path, options: ExportOptions, say: Progress) -
                 for p in row.parity:
                     say(f"    {variant} on {p.runtime}: {p.status}" + (f" ({p.reason})" if p.reason else ""))
             results.append(row)
+            produced.append((row, art))
+        if options.quantize and options.verify and len(target.variants(topts)) > 1:
+            from .variant_metrics import measure_variants
+
+            measure_variants(target, ctx, options, produced, tmp, say)  # size/speed/accuracy + the gate
         if any(r.artifact for r in results):
             _swap_into_place(tmp, final)
     finally:

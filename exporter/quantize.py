@@ -1,0 +1,280 @@
+"""Quantized variants, the shared part: the `--quantize` vocabulary, and the calibration and
+evaluation data every target's variants use.
+
+One vocabulary across the CLI and the API: each target declares its variants as the `choices`
+of its `--quantize` flag (or a `QUANTIZE` tuple); `all` means every variant of each target, and a
+comma list asks for several (`--quantize int8,float16`). A value no chosen target knows is a
+usage error, so a typo never silently produces nothing.
+
+Data:
+    --calibration data.npz   arrays named after the model inputs (static int8 ranges), or a folder
+                             of images for a one-image-input model, resized to the input shape;
+    --eval data.npz          the inputs plus `y` (labels of the classifier output; `y_<output>` for
+                             several), or a folder of class sub-folders (label = sorted index).
+Without --eval the reference inputs are used and accuracy is reported as null (unknown).
+
+Example:
+    exporter.export("m.keras", ["tflite"], options=ExportOptions(quantize="int8",
+                    calibration="train.npz", eval="heldout.npz"))
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UsageError
+
+ALL = "all"
+DEFAULT_MIN_AGREEMENT = 0.98
+DEFAULT_MAX_ACCURACY_DROP = 1.0  # accuracy points (percent), e.g. 99.1% -> 98.1% is a 1.0 drop
+CALIBRATION_LIMIT = 128  # samples fed to a calibrator: ranges settle long before that
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+# ---- vocabulary -------------------------------------------------------------------------------
+
+def quantize_choices(target) -> tuple[str, ...]:
+    """The variants a target offers: its `QUANTIZE` attribute, else the choices of the
+    `--quantize` flag it defines (targets written before the shared flag existed)."""
+    declared = getattr(target, "QUANTIZE", None)
+    if declared is None:
+        scratch = argparse.ArgumentParser(add_help=False)
+        try:
+            target.add_arguments(scratch)
+        except argparse.ArgumentError:
+            return ()
+        action = scratch._option_string_actions.get("--quantize")
+        declared = tuple(action.choices or ()) if action else ()
+    return tuple(c for c in declared if c != ALL)
+
+
+def requested(value) -> list[str]:
+    """'int8,float16' / ('int8', 'float16') / None -> ['int8', 'float16'] / []."""
+    if not value:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [v.strip() for v in items if v and v.strip()]
+
+
+def selected(value, choices) -> list[str]:
+    """The variants of one target that `value` asks for, in the target's own order."""
+    asked = requested(value)
+    if ALL in asked:
+        return list(choices)
+    return [c for c in choices if c in asked]
+
+
+def check_vocabulary(value, targets) -> None:
+    """Every requested variant must exist on at least one chosen target."""
+    asked = [v for v in requested(value) if v != ALL]
+    offered = {t.name: quantize_choices(t) for t in targets}
+    known = {c for cs in offered.values() for c in cs}
+    unknown = [v for v in asked if v not in known]
+    if unknown:
+        menu = "; ".join(f"{n}: {'|'.join(cs)}" for n, cs in offered.items() if cs) or "none of them quantize"
+        raise UsageError(f"--quantize {','.join(unknown)} is not a variant of the chosen targets "
+                         f"({menu}; or 'all' for every variant of each)")
+
+
+def check_thresholds(min_agreement: float, max_accuracy_drop: float) -> None:
+    if not 0.0 <= min_agreement <= 1.0:
+        raise UsageError(f"--min-agreement={min_agreement} must lie in [0, 1] (a fraction of samples)")
+    if not 0.0 <= max_accuracy_drop <= 100.0:
+        raise UsageError(f"--max-accuracy-drop={max_accuracy_drop} must lie in [0, 100] (accuracy points)")
+
+
+# ---- data ---------------------------------------------------------------------------------------
+
+@dataclass
+class EvalData:
+    inputs: dict  # name -> array
+    labels: dict  # classifier output name -> int labels (empty: accuracy unknown)
+    source: str  # "eval" or "reference"
+    keras: dict | None = None  # Keras outputs on `inputs`, filled once
+
+    @property
+    def n(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+
+def options_of(ctx):
+    """The ExportOptions of the run (api.export attaches them to the context)."""
+    from .options import ExportOptions
+
+    return getattr(ctx, "export_options", None) or ExportOptions()
+
+
+def calibration_inputs(ctx) -> tuple[dict, str]:
+    """(inputs, description) for static int8 calibration, at most CALIBRATION_LIMIT samples."""
+    key = "quantize.calibration"
+    if key not in ctx._cache:
+        path = options_of(ctx).calibration
+        if path:
+            data = load_images(path, ctx, "--calibration")[0] if Path(path).is_dir() else \
+                load_npz(path, ctx.signature, "--calibration")[0]
+            n = len(next(iter(data.values())))
+            data = {k: v[:CALIBRATION_LIMIT] for k, v in data.items()}
+            desc = f"calibrated on {min(n, CALIBRATION_LIMIT)} samples of {path}"
+        else:
+            data = ctx.inputs
+            desc = (f"calibrated on the {len(next(iter(data.values())))} reference inputs "
+                    "(pass --calibration with real data for representative ranges)")
+        ctx._cache[key] = (data, desc)
+    return ctx._cache[key]
+
+
+def batches(inputs: dict, size: int = 1):
+    n = len(next(iter(inputs.values())))
+    for i in range(0, n, size):
+        yield {k: v[i : i + size] for k, v in inputs.items()}
+
+
+def representative_dataset(ctx):
+    """TFLite's representative dataset: one sample at a time, keyed by the signature's input names."""
+    data, _ = calibration_inputs(ctx)
+    return lambda: batches(data, 1)
+
+
+def calibration_reader(ctx, size: int = 16):
+    """An onnxruntime CalibrationDataReader over the calibration data."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    data, _ = calibration_inputs(ctx)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = batches(data, size)
+
+        def get_next(self):
+            return next(self._it, None)
+
+        def rewind(self):
+            self._it = batches(data, size)
+
+    return Reader()
+
+
+def eval_data(ctx) -> EvalData:
+    """The data variants are measured on, with the Keras outputs on it (computed once)."""
+    key = "quantize.eval"
+    if key not in ctx._cache:
+        path = options_of(ctx).eval
+        if path:
+            inputs, labels = load_images(path, ctx, "--eval", labelled=True) if Path(path).is_dir() else \
+                load_npz(path, ctx.signature, "--eval", labelled=True)
+            ev = EvalData(inputs, labels, "eval")
+        else:
+            ev = EvalData(ctx.inputs, {}, "reference", dict(ctx.outputs))
+        if ev.keras is None:
+            from runtimes.keras_runtime import KerasSession
+
+            ev.keras = KerasSession(ctx.model, ctx.signature).predict(ev.inputs)
+        ev.labels = _match_labels(ev.labels, ev.keras, path)
+        ctx._cache[key] = ev
+    return ctx._cache[key]
+
+
+def _match_labels(labels: dict, keras_out: dict, path) -> dict:
+    """Map `y` / `y_<output>` to classifier outputs; check counts and class range."""
+    classifiers = [k for k, v in keras_out.items() if np.ndim(v) == 2 and np.shape(v)[1] > 1]
+    out = {}
+    for key, y in labels.items():
+        name = key[2:] if key.startswith("y_") else None
+        if name is None:
+            if len(classifiers) != 1:
+                raise UsageError(f"{path}: 'y' is ambiguous: the model has classifier outputs {classifiers}; "
+                                 "name the label arrays y_<output>")
+            name = classifiers[0]
+        if name not in classifiers:
+            raise UsageError(f"{path}: labels '{key}' match no classifier output (have {classifiers})")
+        y = np.asarray(y).reshape(-1)
+        ref = keras_out[name]
+        if len(y) != len(ref):
+            raise UsageError(f"{path}: '{key}' has {len(y)} labels for {len(ref)} samples")
+        if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= ref.shape[1]:
+            raise UsageError(f"{path}: '{key}' must hold integer class indices in [0, {ref.shape[1]})")
+        out[name] = y
+    return out
+
+
+def load_npz(path, signature, flag: str, labelled: bool = False) -> tuple[dict, dict]:
+    """Inputs named after the model inputs (cast to their dtype) and, when `labelled`, the `y*` arrays."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: cannot read {flag} as .npz ({e})") from e
+    missing = [n for n in signature.input_names if n not in data]
+    if missing:
+        raise UsageError(f"{path}: {flag} lacks arrays {missing}; it has {sorted(data)} "
+                         "(name them after the model inputs, see 'kexport inspect')")
+    inputs = {}
+    for t in signature.inputs:
+        a = data[t.name]
+        if a.ndim != len(t.shape) or any(d is not None and d != s for d, s in zip(t.shape[1:], a.shape[1:])):
+            raise UsageError(f"{path}: {flag} input '{t.name}' has shape {a.shape}, the model expects {t.shape}")
+        inputs[t.name] = a.astype(t.dtype)
+    counts = {len(v) for v in inputs.values()}
+    if len(counts) != 1 or 0 in counts:
+        raise UsageError(f"{path}: {flag} inputs need the same, non-zero number of samples (got {sorted(counts)})")
+    labels = {k: v for k, v in data.items() if k == "y" or k.startswith("y_")} if labelled else {}
+    return inputs, labels
+
+
+def load_images(path, ctx, flag: str, labelled: bool = False) -> tuple[dict, dict]:
+    """A folder of images for a model with one NHWC image input (1 or 3 channels).
+
+    Pixels are scaled to [0, 1], the range `reference_inputs` and most Keras image models without
+    a leading Rescaling layer expect; a model whose first layer is `Rescaling` gets raw 0..255.
+    With `labelled`, class sub-folders give labels by sorted name (as Keras'
+    image_dataset_from_directory does).
+    """
+    sig = ctx.signature
+    root = Path(path)
+    if len(sig.inputs) != 1 or len(sig.inputs[0].shape) != 4 or sig.inputs[0].shape[3] not in (1, 3) \
+            or "float" not in sig.inputs[0].dtype:
+        raise UsageError(f"{path}: {flag} is a folder of images, but the model input is not one image "
+                         f"(got {[(t.name, t.shape) for t in sig.inputs]}); pass an .npz named after the inputs")
+    spec = sig.inputs[0]
+    h, w, c = spec.shape[1:]
+    if h is None or w is None:
+        raise UsageError(f"{path}: the model input '{spec.name}' has no fixed height/width {spec.shape}; "
+                         f"resize the images yourself and pass {flag} as an .npz")
+    try:
+        from PIL import Image
+    except ImportError as e:
+        raise UsageError(f"{path}: reading an image folder needs Pillow (pip install pillow), "
+                         f"or pass {flag} as an .npz") from e
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UsageError(f"{path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {flag} folder")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if labelled and not classes:
+        labelled = False  # a flat folder: inputs only, accuracy stays unknown
+    raw = _first_layer_is_rescaling(ctx.model)
+    xs, ys = [], []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im = im.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+                a = np.asarray(im, dtype=np.float32).reshape(h, w, c)
+        except OSError as e:
+            raise UsageError(f"{f}: cannot read this image for {flag} ({e})") from e
+        xs.append(a if raw else a / 255.0)
+        if labelled:
+            ys.append(classes.index(f.relative_to(root).parts[0]) if len(f.relative_to(root).parts) > 1 else -1)
+    inputs = {spec.name: np.stack(xs).astype(spec.dtype)}
+    if labelled:
+        y = np.asarray(ys)
+        keep = y >= 0  # images at the top level carry no class
+        return {spec.name: inputs[spec.name][keep]}, {"y": y[keep]}
+    return inputs, {}
+
+
+def _first_layer_is_rescaling(model) -> bool:
+    layers = [layer for layer in getattr(model, "layers", []) if type(layer).__name__ != "InputLayer"]
+    return bool(layers) and type(layers[0]).__name__ == "Rescaling"
