@@ -98,7 +98,14 @@ def build_context(model_path, options: ExportOptions, progress: Progress | None 
     model = load_model(path, safe_mode=options.safe_mode, custom_objects=options.custom_objects)
     sig = signature_of(model)
     load_s = time.perf_counter() - t0
-    inputs = load_inputs(options.inputs, sig) if options.inputs else reference_inputs(sig, options.samples)
+    if options.inputs:
+        inputs = load_inputs(options.inputs, sig)
+    elif options.eval:  # real samples: quantized variants are judged in distribution, not on noise
+        from .quantize import eval_reference_inputs
+
+        inputs = eval_reference_inputs(model, sig, options)
+    else:
+        inputs = reference_inputs(sig, options.samples)
     t1 = time.perf_counter()
     outputs = KerasSession(model, sig).predict(inputs)
     ctx = ExportContext(model, path, sha256_of(path), sig, inputs, outputs)

@@ -97,9 +97,12 @@ def _quiet_libraries(debug: bool):
     if not debug:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+        import logging
         import warnings
 
         warnings.filterwarnings("ignore")
+        for name in ("tensorflow", "absl", "tf2onnx", "coremltools"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _progress(start: float):

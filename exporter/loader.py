@@ -132,23 +132,32 @@ def load_model(path, *, safe_mode: bool = True, custom_objects: str | dict | Non
 
 
 def _load_saved_model(path: Path):
-    """Wrap a SavedModel's serving signature as a Keras 3 functional model."""
+    """Wrap a SavedModel's `serving_default` signature as a Keras 3 functional model whose
+    inputs and outputs keep the signature's names. Only graph code runs: no Python is loaded."""
     import keras
     import tensorflow as tf
 
     try:
         loaded = tf.saved_model.load(str(path))
         fn = loaded.signatures["serving_default"]
-    except Exception as e:
-        raise ModelLoadError(f"{path}: cannot load SavedModel serving_default signature: {e}") from e
-    specs = fn.structured_input_signature[1]
-    inputs = {
-        name: keras.Input(shape=tuple(s.shape[1:]), dtype=s.dtype.name, name=name)
-        for name, s in sorted(specs.items())
-    }
-    layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
+    except (KeyError, OSError, ValueError, RuntimeError) as e:
+        raise ModelLoadError(f"{path}: cannot load the SavedModel's serving_default signature ({e})") from e
+    in_specs = fn.structured_input_signature[1]
+    out_specs = fn.structured_outputs
+
+    class SavedModelSignature(keras.layers.Layer):
+        def call(self, inputs):
+            return fn(**{k: tf.cast(v, in_specs[k].dtype) for k, v in inputs.items()})
+
+        def compute_output_spec(self, inputs):
+            batch = next(iter(inputs.values())).shape[0]
+            return {k: keras.KerasTensor((batch,) + tuple(s.shape[1:]), dtype=s.dtype.name) for k, s in out_specs.items()}
+
+    inputs = {n: keras.Input(shape=tuple(s.shape[1:]), dtype=s.dtype.name, name=n) for n, s in sorted(in_specs.items())}
+    layer = SavedModelSignature(name="saved_model")
+    layer._kexport_loaded = loaded  # the signature needs its object graph alive
     outputs = layer(inputs)
-    return keras.Model(inputs, outputs, name=path.name)
+    return keras.Model(inputs, {k: outputs[k] for k in sorted(out_specs)}, name=path.name)
 
 
 def _producer(t):

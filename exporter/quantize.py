@@ -32,6 +32,10 @@ ALL = "all"
 DEFAULT_MIN_AGREEMENT = 0.98
 DEFAULT_MAX_ACCURACY_DROP = 1.0  # accuracy points (percent), e.g. 99.1% -> 98.1% is a 1.0 drop
 CALIBRATION_LIMIT = 128  # samples fed to a calibrator: ranges settle long before that
+# With --eval and no --inputs, the reference inputs are this many eval samples (at least
+# --samples): a quantized model calibrated on real data is judged on real data, not on uniform
+# noise whose activations fall outside the calibrated ranges.
+EVAL_REFERENCE_SAMPLES = 32
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -114,7 +118,7 @@ def calibration_inputs(ctx) -> tuple[dict, str]:
     if key not in ctx._cache:
         path = options_of(ctx).calibration
         if path:
-            data = load_images(path, ctx, "--calibration")[0] if Path(path).is_dir() else \
+            data = load_images(path, ctx.model, ctx.signature, "--calibration")[0] if Path(path).is_dir() else \
                 load_npz(path, ctx.signature, "--calibration")[0]
             n = len(next(iter(data.values())))
             data = {k: v[:CALIBRATION_LIMIT] for k, v in data.items()}
@@ -158,13 +162,22 @@ def calibration_reader(ctx, size: int = 16):
     return Reader()
 
 
+def eval_reference_inputs(model, signature, options) -> dict:
+    """The first samples of --eval, used as parity reference inputs when no --inputs is given."""
+    path = options.eval
+    inputs = load_images(path, model, signature, "--eval")[0] if Path(path).is_dir() else \
+        load_npz(path, signature, "--eval")[0]
+    n = max(options.samples, EVAL_REFERENCE_SAMPLES)
+    return {k: v[:n] for k, v in inputs.items()}
+
+
 def eval_data(ctx) -> EvalData:
     """The data variants are measured on, with the Keras outputs on it (computed once)."""
     key = "quantize.eval"
     if key not in ctx._cache:
         path = options_of(ctx).eval
         if path:
-            inputs, labels = load_images(path, ctx, "--eval", labelled=True) if Path(path).is_dir() else \
+            inputs, labels = load_images(path, ctx.model, ctx.signature, "--eval", labelled=True) if Path(path).is_dir() else \
                 load_npz(path, ctx.signature, "--eval", labelled=True)
             ev = EvalData(inputs, labels, "eval")
         else:
@@ -225,7 +238,7 @@ def load_npz(path, signature, flag: str, labelled: bool = False) -> tuple[dict, 
     return inputs, labels
 
 
-def load_images(path, ctx, flag: str, labelled: bool = False) -> tuple[dict, dict]:
+def load_images(path, model, sig, flag: str, labelled: bool = False) -> tuple[dict, dict]:
     """A folder of images for a model with one NHWC image input (1 or 3 channels).
 
     Pixels are scaled to [0, 1], the range `reference_inputs` and most Keras image models without
@@ -233,7 +246,6 @@ def load_images(path, ctx, flag: str, labelled: bool = False) -> tuple[dict, dic
     With `labelled`, class sub-folders give labels by sorted name (as Keras'
     image_dataset_from_directory does).
     """
-    sig = ctx.signature
     root = Path(path)
     if len(sig.inputs) != 1 or len(sig.inputs[0].shape) != 4 or sig.inputs[0].shape[3] not in (1, 3) \
             or "float" not in sig.inputs[0].dtype:
@@ -255,7 +267,7 @@ def load_images(path, ctx, flag: str, labelled: bool = False) -> tuple[dict, dic
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     if labelled and not classes:
         labelled = False  # a flat folder: inputs only, accuracy stays unknown
-    raw = _first_layer_is_rescaling(ctx.model)
+    raw = _first_layer_is_rescaling(model)
     xs, ys = [], []
     for f in files:
         try:

@@ -27,7 +27,7 @@ def keras3_rewrites(model, *, unroll_rnn: bool = True):
     from keras.src.backend.tensorflow import nn as tfnn
 
     applied: list[str] = []
-    orig_gelu, orig_conv = tfnn.gelu, tfnn.conv
+    orig_gelu, orig_conv, orig_depthwise = tfnn.gelu, tfnn.conv, tfnn.depthwise_conv
 
     def gelu(x, approximate=True):
         if approximate:
@@ -43,6 +43,13 @@ def keras3_rewrites(model, *, unroll_rnn: bool = True):
         if in_ch is None or k_in is None or in_ch == k_in:
             return orig_conv(inputs, kernel, strides, padding, data_format, dilation_rate)
         groups = in_ch // k_in
+        if k_in == 1 and len(kernel.shape) == 4:
+            # One input channel per group (ConvNeXt's 7x7 convs): a depthwise conv with multiplier
+            # out/groups computes the same, in one op instead of `groups` (up to 768) convs.
+            _note(applied, f"grouped Conv (groups={groups}, one channel each) -> DepthwiseConv2D")
+            kh, kw, _, out_ch = kernel.shape
+            dw = tf.reshape(kernel, (kh, kw, groups, out_ch // groups))
+            return orig_depthwise(inputs, dw, strides, padding, data_format, dilation_rate)
         _note(applied, f"grouped Conv (groups={groups}) -> split/conv/concat")
         xs = tf.split(inputs, groups, axis=in_ch_axis)
         ks = tf.split(kernel, groups, axis=-1)

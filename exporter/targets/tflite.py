@@ -1,5 +1,13 @@
 """TFLite / LiteRT flatbuffer, converted from the (rewritten) SavedModel, builtin ops only unless
---allow-tf-ops. Verified by ai_edge_litert in a process without TensorFlow."""
+--allow-tf-ops. Verified by ai_edge_litert in a process without TensorFlow.
+
+Quantized variants (`--quantize dynamic|float16|int8|all`), each next to model.tflite:
+    dynamic  int8 weights, float activations quantized on the fly (model_dynamic.tflite)
+    float16  float16 weights, dequantized to float32 at load (model_float16.tflite)
+    int8     full integer: weights and activations int8, activation ranges from the calibration
+             data (--calibration); --int8-io also makes the inputs/outputs int8 (microcontrollers,
+             Edge TPU): LiteRT's session (de)quantizes them with the tensors' scale/zero point.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +18,30 @@ from pathlib import Path
 
 from ..errors import ConversionError, UnsupportedError
 from ..native_log import captured_native_stderr
-from .base import Artifact, Target, register_target
+from .base import FP32, Artifact, Target, Tolerance, register_target
+
+QUANTIZE = ("dynamic", "float16", "int8")
+# Tolerances against the float32 Keras model, by variant (fp32 stays strict: FP32).
+# float16 weights: a relative rounding error of 2^-11 (4.9e-4) per weight; over a dot product
+# of independent rounding errors the output drifts by a few times that: rtol 1e-2 of the
+# output's scale leaves 20x headroom and still catches a wrong layer.
+# dynamic / int8: a weight step is 1/127 of its channel's range, an activation step 1/255 of its
+# tensor's range; every quantized layer adds up to half a step, so a 4-6 layer network drifts by a
+# few percent of the output scale: rtol 0.1. The real quality test is top-1 agreement (min_top1
+# here on the reference inputs; the gate in exporter/variant_metrics.py on --eval data).
+TOLERANCES = {
+    "fp32": FP32,
+    "float16": Tolerance(atol=1e-4, rtol=1e-2, min_top1=0.98),
+    "dynamic": Tolerance(atol=1e-3, rtol=0.1, min_top1=0.9),
+    "int8": Tolerance(atol=1e-3, rtol=0.1, min_top1=0.9),
+}
 
 
 @dataclass(frozen=True)
 class TFLiteOptions:
     allow_tf_ops: bool = False
+    quantize: str | None = None  # "dynamic", "int8,float16", "all" (exporter/quantize.py)
+    int8_io: bool = False
 
 
 @register_target
@@ -26,23 +52,43 @@ class TFLiteTarget(Target):
     extra = "tflite"
     requires = ("tensorflow",)
     Options = TFLiteOptions
+    QUANTIZE = QUANTIZE
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--allow-tf-ops", action="store_true",
                             help="allow TF (Flex / SELECT_TF_OPS) ops; the device then needs the Flex delegate")
+        parser.add_argument("--int8-io", action="store_true",
+                            help="--quantize int8: int8 inputs and outputs too (microcontrollers, Edge TPU)")
 
     @classmethod
     def options_from_args(cls, args):
-        return TFLiteOptions(allow_tf_ops=bool(getattr(args, "allow_tf_ops", False)))
+        return TFLiteOptions(allow_tf_ops=bool(getattr(args, "allow_tf_ops", False)),
+                             quantize=getattr(args, "quantize", None), int8_io=bool(getattr(args, "int8_io", False)))
+
+    def variants(self, options) -> list[str]:
+        from ..quantize import selected
+
+        return ["fp32"] + selected(options.quantize, QUANTIZE)
+
+    def tolerance_for(self, variant: str, options) -> Tolerance:
+        return TOLERANCES[variant]
 
     def export(self, ctx, dest: Path, options, variant: str) -> Artifact:
         sm_path, applied = ctx.saved_model(rewrite=True)
-        data, tf_ops = convert_saved_model(sm_path, allow_tf_ops=options.allow_tf_ops, target=self.name)
+        configure, notes, extra = (None, [], {}) if variant == "fp32" else quantization(ctx, options, variant)
+        try:
+            data, tf_ops = convert_saved_model(sm_path, allow_tf_ops=options.allow_tf_ops, target=self.name,
+                                               configure=configure)
+        except ConversionError as e:
+            if variant != "int8":
+                raise
+            raise UnsupportedError(self.name, [f"full-integer int8 ({e})"],
+                                   "some op has no int8 kernel; use --quantize dynamic or float16") from e
         dest.mkdir(parents=True, exist_ok=True)
-        out = dest / "model.tflite"
+        out = dest / ("model.tflite" if variant == "fp32" else f"model_{variant}.tflite")
         out.write_bytes(data)
-        art = Artifact(out, notes=list(applied))
+        art = Artifact(out, variant=variant, notes=list(applied) + notes, extra=extra)
         if tf_ops:
             art.notes.append(f"uses TF Select ops: {', '.join(tf_ops)}")
             art.skip["litert"] = (
@@ -50,6 +96,34 @@ class TFLiteTarget(Target):
                 "alone does not have (as on a phone); link the TensorFlow Lite Flex delegate to run it"
             )
         return art
+
+
+def quantization(ctx, options, variant: str):
+    """(configure(converter), notes, report extras) for one quantized variant."""
+    import tensorflow as tf
+
+    from ..quantize import calibration_inputs, representative_dataset
+
+    if variant not in QUANTIZE:
+        raise ValueError(f"Unrecognized variant={variant!r}. Supported variants are: {list(QUANTIZE)}.")
+    notes, extra = [], {}
+    if variant == "int8":
+        _, desc = calibration_inputs(ctx)
+        notes.append(desc)
+        extra["int8_io"] = options.int8_io
+
+    def configure(conv):
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        if variant == "float16":
+            conv.target_spec.supported_types = [tf.float16]
+        elif variant == "int8":
+            conv.representative_dataset = representative_dataset(ctx)
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            if options.int8_io:
+                conv.inference_input_type = tf.int8
+                conv.inference_output_type = tf.int8
+
+    return configure, notes, extra
 
 
 def convert_saved_model(sm_path: Path, *, allow_tf_ops: bool, target: str, configure=None):

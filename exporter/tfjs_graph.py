@@ -1,0 +1,120 @@
+"""TF.js graph models: the TF ops TF.js lacks (for preflight), and repairs of what the converter
+writes so that every backend runs it, not only the cpu one.
+
+The converter (grappler's remapper) fuses `MatMul/Conv2D + BiasAdd (+ activation)` into
+`_FusedMatMul` / `_FusedConv2D` / `FusedDepthwiseConv2dNative`. It also fuses an `Add` whose
+second operand is *not* a per-channel bias: the recurrent term `h @ U` of an unrolled LSTM
+(rank 2), or the scalar `+ 3` of hard-swish / hard-sigmoid (MobileNetV3, rank 0). The cpu
+backend broadcasts such a "bias"; the wasm backend accepts rank-1 bias only and refuses the
+model ("_FusedMatMul only supports rank-1 bias but got rank 3"). `unfuse_nonvector_bias` splits
+exactly those nodes back into `MatMul`/`Conv2D` + `AddV2` (+ the activation op), keeping the
+fused node's name on the last op so every consumer stays wired. Rank-1 biases stay fused.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+# fused op -> the plain TF op it wraps
+_BASE_OP = {"_FusedMatMul": "MatMul", "_FusedConv2D": "Conv2D",
+            "FusedDepthwiseConv2dNative": "DepthwiseConv2dNative"}
+# activations TF.js implements inside fused kernels, with the standalone op used when unfusing
+_ACTIVATIONS = {"Relu": "Relu", "Relu6": "Relu6", "Elu": "Elu", "Sigmoid": "Sigmoid", "Tanh": "Tanh",
+                "LeakyRelu": "LeakyRelu", "Prelu": "Prelu"}
+_FUSION_ATTRS = {"fused_ops", "num_args", "epsilon", "leakyrelu_alpha", "TArgs", "num_host_args",
+                 "filter_format"}
+
+
+def fused_ops(node: dict) -> list[str]:
+    raw = node.get("attr", {}).get("fused_ops", {}).get("list", {}).get("s", [])
+    return [base64.b64decode(s).decode() for s in raw]
+
+
+def unsupported_tf_ops(graph_def) -> list[str]:
+    """TF ops in `graph_def` (functions included) that the TF.js converter has no mapping for."""
+    from tensorflowjs.converters.tf_saved_model_conversion_v2 import validate
+
+    return sorted(validate(graph_def, skip_op_check=False, strip_debug_ops=False))
+
+
+def weight_shapes(model_json: dict) -> dict[str, list]:
+    return {w["name"]: w["shape"] for g in model_json.get("weightsManifest", []) for w in g["weights"]}
+
+
+def unfuse_nonvector_bias(model_json: dict) -> tuple[list[str], list[str]]:
+    """Repair model.json in place. Returns (notes, problems): notes say what was unfused;
+    problems list fused activations TF.js cannot run (an unsupported row, not an artifact)."""
+    topo = model_json["modelTopology"]
+    nodes = topo["node"]
+    shapes = weight_shapes(model_json)
+    by_name = {n["name"]: n for n in nodes}
+    out, notes, problems = [], {}, []
+    for node in nodes:
+        base = _BASE_OP.get(node["op"])
+        if base is None:
+            out.append(node)
+            continue
+        ops = fused_ops(node)
+        unknown = [o for o in ops if o != "BiasAdd" and o not in _ACTIVATIONS]
+        if unknown:
+            problems.append(f"fused {'+'.join(ops)} in {node['op']} '{node['name']}' (TF.js has no kernel for {', '.join(unknown)})")
+            out.append(node)
+            continue
+        if not ops or ops[0] != "BiasAdd":
+            out.append(node)
+            continue
+        bias = node["input"][2]
+        bias_src = by_name.get(bias.split(":")[0])
+        const_rank = len(shapes[bias]) if bias in shapes and bias_src and bias_src["op"] == "Const" else None
+        if const_rank == 1:
+            out.append(node)
+            continue
+        out.extend(_split(node, base, ops))
+        what = f"rank-{const_rank} constant" if const_rank is not None else "tensor"
+        notes[f"{node['op']} with a {what} bias"] = notes.get(f"{node['op']} with a {what} bias", 0) + 1
+    topo["node"] = out
+    msgs = [f"unfused {n} x {k} into {_BASE_OP.get(k.split()[0], '?')} + AddV2 (the wasm backend takes rank-1 bias only)"
+            for k, n in notes.items()]
+    return msgs, problems
+
+
+def _split(node: dict, base: str, ops: list[str]) -> list[dict]:
+    name = node["name"]
+    attrs = {k: v for k, v in node.get("attr", {}).items() if k not in _FUSION_ATTRS}
+    dtype = node.get("attr", {}).get("T", {"type": "DT_FLOAT"})
+    a, b, bias = node["input"][:3]
+    extra = node["input"][3:]  # Prelu alpha
+    control = [i for i in node["input"] if i.startswith("^")]
+    act = ops[1] if len(ops) > 1 else None
+    core = {"name": f"{name}/kexport_core", "op": base, "input": [a, b] + control, "attr": attrs}
+    add = {"name": name if act is None else f"{name}/kexport_bias", "op": "AddV2",
+           "input": [core["name"], bias], "attr": {"T": dtype}}
+    result = [core, add]
+    if act is not None:
+        act_node = {"name": name, "op": _ACTIVATIONS[act], "input": [add["name"]], "attr": {"T": dtype}}
+        if act == "LeakyRelu":
+            act_node["attr"]["alpha"] = node["attr"].get("leakyrelu_alpha", {"f": 0.2})
+        if act == "Prelu":
+            act_node["input"].append(extra[0])
+        result.append(act_node)
+    for n in result:
+        if "device" in node:
+            n["device"] = node["device"]
+    return result
+
+
+def repair_model_json(path: Path) -> tuple[list[str], list[str]]:
+    """Load, repair and rewrite a graph model.json. Returns (notes, problems)."""
+    data = json.loads(path.read_text())
+    notes, problems = unfuse_nonvector_bias(data)
+    if notes:
+        path.write_text(json.dumps(data))
+    return notes, problems
+
+
+def output_order(model_json: dict) -> dict[str, str]:
+    """{Keras output name: graph tensor name} from the signature the converter wrote."""
+    outs = (model_json.get("signature") or {}).get("outputs") or {}
+    return {k: v["name"] for k, v in outs.items()}
