@@ -2,6 +2,12 @@
 
 Keras 3's own `export(format="onnx")` refuses freshly loaded models and turns Normalization
 layers into extra inputs; tf2onnx on the traced function handles the same models.
+
+Quantized variants (`--quantize dynamic|int8|all`), made from model.onnx by onnxruntime's
+quantization tools after its pre-processing (shape inference + graph optimization):
+    dynamic  int8 weights, activations quantized at run time (model_dynamic.onnx)
+    int8     static QDQ int8: weights per channel, activation ranges from the calibration data
+             (--calibration; MinMax calibration) (model_int8.onnx)
 """
 
 from __future__ import annotations
@@ -11,8 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConversionError, UnsupportedError
-from .base import Artifact, Target, register_target
+from .base import FP32, Artifact, Target, Tolerance, register_target
 from .tflite import first_line
+
+QUANTIZE = ("dynamic", "int8")
+# Same reasoning as the TFLite variants (exporter/targets/tflite.py): 8-bit steps of each
+# tensor's range, half a step per quantized layer; the gate judges top-1 and accuracy on --eval.
+TOLERANCES = {
+    "fp32": FP32,
+    "dynamic": Tolerance(atol=1e-3, rtol=0.1, min_top1=0.9),
+    "int8": Tolerance(atol=1e-3, rtol=0.1, min_top1=0.9),
+}
 
 DEFAULT_OPSET = 17
 # Graph plumbing that tf2onnx resolves itself rather than through an op handler.
@@ -23,6 +38,7 @@ _STRUCTURAL = {"Placeholder", "Const", "Identity", "IdentityN", "NoOp", "ReadVar
 @dataclass(frozen=True)
 class OnnxOptions:
     opset: int = DEFAULT_OPSET
+    quantize: str | None = None  # "dynamic", "int8", "all" (exporter/quantize.py)
 
 
 @register_target
@@ -33,6 +49,7 @@ class OnnxTarget(Target):
     extra = "onnx"
     requires = ("tf2onnx", "onnx")
     Options = OnnxOptions
+    QUANTIZE = QUANTIZE
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -40,7 +57,15 @@ class OnnxTarget(Target):
 
     @classmethod
     def options_from_args(cls, args):
-        return OnnxOptions(opset=getattr(args, "opset", None) or DEFAULT_OPSET)
+        return OnnxOptions(opset=getattr(args, "opset", None) or DEFAULT_OPSET, quantize=getattr(args, "quantize", None))
+
+    def variants(self, options) -> list[str]:
+        from ..quantize import selected
+
+        return ["fp32"] + selected(options.quantize, QUANTIZE)
+
+    def tolerance_for(self, variant: str, options) -> Tolerance:
+        return TOLERANCES[variant]
 
     def preflight(self, ctx, options) -> list[str]:
         from tf2onnx import tfonnx  # noqa: F401  (importing it registers the op handlers)
@@ -54,6 +79,11 @@ class OnnxTarget(Target):
         return [f"TF op {op}" for op in sorted(ops) if op not in handled and op not in _STRUCTURAL]
 
     def export(self, ctx, dest: Path, options, variant: str) -> Artifact:
+        if variant != "fp32":
+            fp32 = dest / "model.onnx"
+            if not fp32.exists():
+                self.export(ctx, dest, options, "fp32")
+            return quantize_onnx(ctx, fp32, dest / f"model_{variant}.onnx", variant, self.name)
         import tf2onnx
 
         graph_def, in_map, out_map = ctx.frozen_graph(rewrite=True)
@@ -74,3 +104,31 @@ class OnnxTarget(Target):
                                   f"expected the Keras names {sorted(expected)}")
         out.write_bytes(model_proto.SerializeToString())
         return Artifact(out, notes=list(applied), extra={"opset": options.opset})
+
+
+def quantize_onnx(ctx, fp32: Path, out: Path, variant: str, target: str) -> Artifact:
+    """onnxruntime quantization of the fp32 model (pre-processed first, as onnxruntime advises)."""
+    import tempfile
+
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from ..quantize import calibration_inputs, calibration_reader
+
+    if variant not in QUANTIZE:
+        raise ValueError(f"Unrecognized variant={variant!r}. Supported variants are: {list(QUANTIZE)}.")
+    notes = []
+    with tempfile.TemporaryDirectory(prefix="kexport-onnxq-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        try:
+            quant_pre_process(str(fp32), str(pre))
+            if variant == "dynamic":
+                quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8)
+            else:
+                _, desc = calibration_inputs(ctx)
+                notes.append(desc)
+                quantize_static(str(pre), str(out), calibration_reader(ctx), quant_format=QuantFormat.QDQ,
+                                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True)
+        except Exception as e:  # onnxruntime.quantization raises plain exceptions
+            raise ConversionError(f"target '{target}': onnxruntime {variant} quantization failed: {first_line(e)}") from e
+    return Artifact(out, variant=variant, notes=notes)
