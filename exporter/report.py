@@ -110,6 +110,10 @@ def format_table(result: ExportResult) -> str:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    if any("size_ratio" in t.extra for t in result.targets):  # quantized variants were measured
+        from .variant_metrics import format_variants
+
+        lines += [""] + format_variants(result)
     notes = []
     for t in result.targets:
         if t.error:

@@ -170,3 +170,29 @@ def _predict(runtime: str, art, inputs: dict) -> dict:
 def _line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return (lines[0] if lines else type(e).__name__)[:300]
+
+
+def format_variants(result) -> list[str]:
+    """The terminal table of variant metrics (size, top-1, accuracy, latency, gate)."""
+    def f(v, spec, scale=1.0):
+        return "-" if v is None else format(v * scale, spec)
+
+    rows = [("target", "variant", "size_ratio", "top1_agree", "accuracy", "acc_delta", "latency_ms", "lat_ratio", "gate")]
+    for t in result.targets:
+        m = t.extra
+        if "size_ratio" not in m:
+            continue
+        acc = m.get("accuracy")
+        rows.append((t.target, t.variant, f(m.get("size_ratio"), ".3f"), f(m.get("top1_agreement"), ".4f"),
+                     f(acc, ".4f") if not isinstance(acc, dict) else "see json",
+                     f(m.get("accuracy_delta"), "+.2f", 100.0) + ("pt" if m.get("accuracy_delta") is not None else ""),
+                     f(m.get("latency_ms"), ".3f"), f(m.get("latency_ratio"), ".2f"),
+                     (m.get("gate") or {}).get("status", "baseline")))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    data = next((t.extra.get("metrics_data") for t in result.targets if t.extra.get("metrics_data")), None)
+    if data:
+        lines.append(f"(measured on {data['samples']} {data['source']} samples"
+                     + ("; accuracy unknown without --eval labels" if data["source"] != "eval" else "") + ")")
+    return lines
