@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, model=False)
     p = sub.add_parser("doctor", help="which converters and runtimes work here, and how to install the rest")
     _common(p, model=False)
+    p = sub.add_parser("tf-serving", help="add a checked version to a TF-Serving model repository (-o REPO)")
+    _common(p)
+    from .tf_serving import add_arguments as tf_serving_arguments
+
+    tf_serving_arguments(p)
     return parser
 
 
@@ -210,7 +215,15 @@ def cmd_doctor(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"verify": cmd_verify, "inspect": cmd_inspect, "doctor": cmd_doctor}
+def cmd_tf_serving(args) -> int:
+    from .tf_serving import run_command
+
+    result = run_command(args, progress=_progress(time.perf_counter()))
+    _print_result(result, args.json)
+    return result.exit_code
+
+
+COMMANDS = {"verify": cmd_verify, "inspect": cmd_inspect, "doctor": cmd_doctor, "tf-serving": cmd_tf_serving}
 
 
 def main(argv=None) -> int:

@@ -9,5 +9,6 @@ from .base import Runtime, Session, all_runtimes, get_runtime, register_runtime 
 # Explicit import list (no package scanning): each module registers its runtime.
 from . import keras_runtime  # noqa: F401,E402
 from . import tf_saved_model  # noqa: F401,E402
+from . import tf_saved_model_cli  # noqa: F401,E402
 from . import litert  # noqa: F401,E402
 from . import onnxruntime_runtime  # noqa: F401,E402

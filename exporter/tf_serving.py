@@ -1,0 +1,365 @@
+"""`kexport tf-serving`: a TF-Serving model repository, proved without the server binary.
+
+REPO/
+  NAME/<version>/                 SavedModel (serving_default keyed by Keras names, optional
+                                  top-k signature), assets.extra/tf_serving_warmup_requests,
+                                  assets.extra/kexport/{report.json, reference/*.npz}
+  models.config                   ModelServerConfig naming every model directory in REPO
+  batching_parameters.txt         BatchingParameters
+  examples/NAME/*.json            the REST bodies the README's curl commands send
+  README.md, docker-compose.yml
+
+The version is built in REPO/.kexport-tf-serving-*/ and checked there (SavedModel loader,
+`saved_model_cli run`, signature defs, warmup replay); only a bundle that passed is renamed into
+place, so a failed run leaves REPO as it was. See docs/tf_serving.md.
+
+Example:
+    from exporter.tf_serving import TFServingOptions, export_repository
+    result = export_repository("model.keras", "repo", TFServingOptions(name="digits"))
+    assert result.ok and (Path("repo/digits/1/saved_model.pb")).exists()
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from .errors import KexportError, UsageError
+from .options import ExportOptions
+from .tf_serving_proto import BATCHING_NAME, CONFIG_NAME, WARMUP_NAME, BatchingParameters
+
+RUNTIMES = ("tf-saved-model", "tf-saved-model-cli")
+REPORT_DIR = ("assets.extra", "kexport")  # inside the version: travels with it, ignored by TF-Serving
+EXAMPLES_DIR = "examples"
+EXAMPLE_ROWS = 2  # rows per example REST body: enough to show the batch structure, short to read
+
+
+@dataclass(frozen=True)
+class TFServingOptions:
+    """Options of `kexport tf-serving` (see `kexport tf-serving --help`)."""
+
+    name: str | None = None  # model name in REPO and in the REST path; default: the model file's stem
+    version: int | None = None  # default: one above the highest version in REPO/NAME
+    force: bool = False  # replace an existing version directory
+    version_policy: str | None = None  # latest[:N] | all | specific[:V1,V2]; None keeps the listed one
+    base_path: str = "/models"  # where REPO is mounted inside the container
+    batching: BatchingParameters | None = None  # None: keep REPO's file, or write the defaults
+    signature: str | None = None  # extra top-k signature name (needs class_labels)
+    class_labels: str | None = None  # text file, one label per line, in output order
+    top_k: int | None = None  # default min(5, classes)
+    classifier_output: str | None = None  # default: the only (batch, classes>1) output
+
+
+def add_arguments(p) -> None:
+    """Flags of the `tf-serving` subcommand (the model/--inputs/--samples ones come from the CLI)."""
+    p.set_defaults(out=None)
+    p.add_argument("--name", help="model name in the repository and the REST path (default: model file name)")
+    p.add_argument("--version", type=int, help="version directory (default: the next free one)")
+    p.add_argument("--force", action="store_true", help="replace the version directory if it exists")
+    p.add_argument("--version-policy", help="latest, latest:N, all, specific or specific:V1,V2 (default: keep, else latest)")
+    p.add_argument("--base-path", default="/models", help="mount point of the repository in the container (default /models)")
+    d = BatchingParameters()
+    for field, value in (("max_batch_size", d.max_batch_size), ("batch_timeout_micros", d.batch_timeout_micros),
+                         ("num_batch_threads", d.num_batch_threads), ("max_enqueued_batches", d.max_enqueued_batches)):
+        p.add_argument(f"--{field.replace('_', '-')}", type=int, help=f"batching parameter (default {value})")
+    p.add_argument("--allowed-batch-sizes", help="comma-separated, increasing, last = max batch size "
+                   f"(default {','.join(map(str, d.allowed_batch_sizes))}; 'none' to allow every size)")
+    p.add_argument("--signature", help="name of an extra top-k classification signature (default 'classify' "
+                   "when --class-labels is given)")
+    p.add_argument("--class-labels", metavar="LABELS.txt", help="one class label per line, in output order")
+    p.add_argument("--top-k", type=int, help="labels returned by the extra signature (default min(5, classes))")
+    p.add_argument("--classifier-output", help="output the extra signature ranks (default: the only classifier output)")
+
+
+def options_from_args(args) -> tuple[TFServingOptions, ExportOptions]:
+    batching = None
+    given = {f: getattr(args, f) for f in ("max_batch_size", "batch_timeout_micros", "num_batch_threads",
+                                           "max_enqueued_batches") if getattr(args, f) is not None}
+    if given or args.allowed_batch_sizes is not None:
+        d = BatchingParameters()
+        sizes = d.allowed_batch_sizes
+        if args.allowed_batch_sizes is not None:
+            text = args.allowed_batch_sizes.strip().lower()
+            try:
+                sizes = () if text in ("", "none") else tuple(int(s) for s in text.split(","))
+            except ValueError as e:
+                raise UsageError(f"tf-serving: --allowed-batch-sizes {args.allowed_batch_sizes!r} is not a "
+                                 "comma-separated list of integers") from e
+        elif "max_batch_size" in given:  # keep the documented default shape: pad to max only
+            sizes = tuple(b for b in sizes if b < given["max_batch_size"]) + (given["max_batch_size"],)
+        batching = replace(d, allowed_batch_sizes=sizes, **given)
+    topts = TFServingOptions(name=args.name, version=args.version, force=args.force, version_policy=args.version_policy,
+                             base_path=args.base_path, batching=batching, signature=args.signature,
+                             class_labels=args.class_labels, top_k=args.top_k, classifier_output=args.classifier_output)
+    eopts = ExportOptions(safe_mode=not args.unsafe, custom_objects=args.custom_objects, inputs=args.inputs,
+                          samples=args.samples, verify=not args.no_verify, atol=args.atol, rtol=args.rtol)
+    return topts, eopts
+
+
+def run_command(args, progress=None):
+    if not args.out:
+        raise UsageError("kexport tf-serving: pass the repository directory with -o REPO")
+    topts, eopts = options_from_args(args)
+    return export_repository(args.model, args.out, topts, eopts, progress=progress)
+
+
+# ----------------------------------------------------------------------------- pipeline
+def export_repository(model, repo, options: TFServingOptions | None = None, export_options: ExportOptions | None = None,
+                      progress=None):
+    """Add one version of `model` to the TF-Serving repository `repo`; returns the ExportResult
+    (also written to REPO/NAME/<version>/assets.extra/kexport/report.json when published)."""
+    from . import __version__
+    from .api import build_context, ensure_writable, versions
+    from .report import ExportResult
+    from .tf_serving_proto import check_model_name, parse_version_policy, read_config
+
+    options = options or TFServingOptions()
+    eopts = export_options or ExportOptions()
+    say = progress or (lambda s: None)
+    t0 = time.perf_counter()
+    repo = Path(repo)
+    name = check_model_name(options.name or Path(model).stem.replace(".", "_"))
+    policy = parse_version_policy(options.version_policy) if options.version_policy else None
+    batching = options.batching.validated() if options.batching else None
+    extra_sig = _extra_signature_name(options)
+    created_repo = not repo.exists()
+    ensure_writable(repo)
+    try:
+        version = _choose_version(repo / name, options)
+        old_config = read_config(repo / CONFIG_NAME)
+        if batching is None:
+            batching = _current_batching(repo)
+        ctx = build_context(model, eopts, say)
+    except BaseException:
+        if created_repo:
+            shutil.rmtree(repo, ignore_errors=True)
+        raise
+    tmp = Path(tempfile.mkdtemp(prefix=".kexport-tf-serving-", dir=repo))
+    try:
+        classify = _classify_spec(ctx, options, extra_sig)
+        result = ExportResult(__version__, {"path": str(model), "sha256": ctx.model_sha256, **ctx.signature.to_json()},
+                              versions=versions(), seconds=dict(ctx.timings))
+        vdir = tmp / str(version)
+        say(f"writing {name}/{version} (SavedModel, warmup requests)")
+        row = _build_version(ctx, vdir, name, classify, eopts)
+        if eopts.verify:
+            say("checking: SavedModel loader, saved_model_cli run, signature defs, warmup replay")
+            row.parity = _check_version(ctx, vdir, classify, eopts)
+        row.extra.update(bundle="tf-serving", repository=str(repo.resolve()), model_name=name, version=version,
+                         batching=batching.to_json(), version_policy=options.version_policy)
+        result.targets.append(row)
+        result.seconds["total"] = round(time.perf_counter() - t0, 3)
+        if not result.ok:
+            row.extra["published"] = False
+            say(f"checks failed: {repo} left unchanged")
+            return result
+        config = _write_bundle_files(tmp, repo, name, version, vdir, ctx, classify, old_config, policy, batching, options)
+        row.extra["published"] = True
+        row.extra["served_versions"] = config
+        report_dir = vdir.joinpath(*REPORT_DIR)
+        _write_report(result, report_dir, ctx)
+        _publish(tmp, repo, name, version, options.force)
+        result.out_dir = str(repo / name / str(version) / Path(*REPORT_DIR))
+        say(f"published {repo / name / str(version)}")
+        return result
+    except BaseException:
+        if created_repo and not any((repo / n).exists() for n in (CONFIG_NAME, name)):
+            shutil.rmtree(repo, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(ctx.workdir, ignore_errors=True)
+
+
+def _extra_signature_name(options) -> str | None:
+    from .tf_serving_proto import check_signature_name
+
+    if options.signature and not options.class_labels:
+        raise UsageError(f"tf-serving: --signature {options.signature} returns top-k labels and needs --class-labels LABELS.txt")
+    if not options.class_labels:
+        return None
+    if not Path(options.class_labels).is_file():
+        raise UsageError(f"{options.class_labels}: --class-labels file not found")
+    return check_signature_name(options.signature or "classify")
+
+
+def _choose_version(model_dir: Path, options) -> int:
+    taken = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()) if model_dir.is_dir() else []
+    following = (taken[-1] + 1) if taken else 1
+    if options.version is None:
+        return following
+    if options.version < 1:
+        raise UsageError(f"tf-serving: --version {options.version}: versions are positive integers")
+    if options.version in taken and not options.force:
+        raise UsageError(f"{model_dir / str(options.version)}: version {options.version} already exists; pass --force "
+                         f"to replace it, or omit --version for the next free one ({following})")
+    return options.version
+
+
+def _current_batching(repo: Path) -> BatchingParameters:
+    path = repo / BATCHING_NAME
+    if not path.exists():
+        return BatchingParameters()
+    try:
+        return BatchingParameters.from_text(path.read_text()).validated()
+    except (KexportError, ValueError) as e:
+        raise UsageError(f"{path}: not usable BatchingParameters ({e}); fix it, delete it, or pass batching flags") from e
+
+
+def _classify_spec(ctx, options, extra_sig) -> dict | None:
+    if extra_sig is None:
+        return None
+    labels = [ln.strip() for ln in Path(options.class_labels).read_text().splitlines()]
+    while labels and not labels[-1]:
+        labels.pop()
+    outputs = {t.name: t for t in ctx.signature.outputs}
+    if options.classifier_output:
+        if options.classifier_output not in outputs:
+            raise UsageError(f"tf-serving: --classifier-output {options.classifier_output!r} is not an output "
+                             f"(outputs: {sorted(outputs)})")
+        out = options.classifier_output
+    else:
+        cands = [n for n, t in outputs.items() if len(t.shape) == 2 and (t.shape[1] or 0) > 1]
+        if len(cands) != 1:
+            raise UsageError(f"tf-serving: --class-labels needs one classifier output (batch, classes); found {cands or 'none'}"
+                             f" among {sorted(outputs)}; pass --classifier-output NAME")
+        out = cands[0]
+    classes = outputs[out].shape[-1]
+    if len(labels) != classes or not all(labels):
+        raise UsageError(f"{options.class_labels}: {len(labels)} labels (non-empty, one per line) for output "
+                         f"'{out}' with {classes} classes")
+    k = options.top_k or min(5, classes)
+    if not 1 <= k <= classes:
+        raise UsageError(f"tf-serving: --top-k {k} must be between 1 and {classes} (the classes of '{out}')")
+    return {"signature": extra_sig, "labels": labels, "top_k": k, "output": out}
+
+
+def _build_version(ctx, vdir: Path, name: str, classify, eopts):
+    from .report import TargetResult
+    from .tf_serving_proto import predict_log, warmup_batches, write_warmup
+
+    t0 = time.perf_counter()
+    if classify:
+        _write_two_signature_model(ctx, vdir, classify)
+    else:
+        src, _ = ctx.saved_model(rewrite=False)
+        shutil.copytree(src, vdir)
+    logs = [predict_log(name, "serving_default", {k: v[rows] for k, v in ctx.inputs.items()})
+            for rows in warmup_batches(ctx.inputs)]
+    if classify:
+        logs.append(predict_log(name, classify["signature"], ctx.inputs))
+    n = write_warmup(vdir / "assets.extra" / WARMUP_NAME, logs)
+    signatures = ["serving_default"] + ([classify["signature"]] if classify else [])
+    size = sum(f.stat().st_size for f in vdir.rglob("*") if f.is_file())
+    return TargetResult("saved-model", "fp32", artifact="../..", size_bytes=size,
+                        seconds=round(time.perf_counter() - t0, 3),
+                        extra={"signatures": signatures, "warmup_records": n,
+                               **({"classify": {k: v for k, v in classify.items() if k != "labels"}} if classify else {})})
+
+
+def _write_two_signature_model(ctx, path: Path, classify: dict) -> None:
+    """serving_default (the Keras outputs) plus a top-k endpoint returning {"classes", "scores"},
+    both over the one traced serving function, so they cannot disagree."""
+    import keras
+    import tensorflow as tf
+
+    from .context import tensor_specs
+
+    _, serve, _ = ctx.serving_function(rewrite=False)
+    labels, k, out = classify["labels"], classify["top_k"], classify["output"]
+
+    def top_k(*args):
+        scores, idx = tf.math.top_k(serve(*args)[out], k=k)
+        return {"classes": tf.gather(tf.constant(labels), idx), "scores": scores}
+
+    archive = keras.export.ExportArchive()
+    archive.track(ctx.model)
+    archive.add_endpoint("serving_default", serve)
+    archive.add_endpoint(classify["signature"], tf.function(top_k, input_signature=tensor_specs(ctx.signature),
+                                                           autograph=False))
+    archive.write_out(str(path), verbose=False)
+
+
+def _check_version(ctx, vdir: Path, classify, eopts) -> list:
+    import tensorflow as tf
+
+    from .parity import check_artifact
+    from .targets import Artifact, FP32
+    from .tf_serving_checks import classify_row, signature_defs_row, warmup_row
+
+    tol = replace(FP32, atol=FP32.atol if eopts.atol is None else eopts.atol,
+                  rtol=FP32.rtol if eopts.rtol is None else eopts.rtol)
+    rows = check_artifact(Artifact(vdir), RUNTIMES, ctx.inputs, ctx.outputs, tol)
+    rows.append(signature_defs_row(vdir, ctx.signature, classify, tol))
+    loaded = tf.saved_model.load(str(vdir))
+    rows.append(warmup_row(loaded, vdir, ctx.inputs, ctx.outputs, tol, classify))
+    if classify:
+        rows.append(classify_row(loaded, ctx.inputs, ctx.outputs, tol, classify))
+    return rows
+
+
+# ----------------------------------------------------------------------------- bundle files
+def _write_bundle_files(tmp, repo, name, version, vdir, ctx, classify, old_config, policy, batching, options) -> list:
+    """models.config, batching file, examples, README and compose file for the repository as it
+    will be once the new version is in place. Returns the served versions of `name`."""
+    from .tf_serving_proto import build_config, config_text, model_versions, served_versions
+    from .tf_serving_readme import render_repository_files
+
+    config = build_config(repo, old_config, options.base_path, name, policy, extra_versions=[version])
+    (tmp / CONFIG_NAME).write_text(config_text(config))
+    (tmp / BATCHING_NAME).write_text(batching.to_text())
+    examples = tmp / EXAMPLES_DIR / name
+    examples.mkdir(parents=True)
+    rows = {k: v[:EXAMPLE_ROWS] for k, v in ctx.inputs.items()}
+    bodies = {"predict_rows.json": {"signature_name": "serving_default",
+                                    "instances": [{k: v[i].tolist() for k, v in rows.items()} for i in range(EXAMPLE_ROWS)]},
+              "predict_columns.json": {"signature_name": "serving_default", "inputs": {k: v.tolist() for k, v in rows.items()}}}
+    if classify:
+        bodies[f"{classify['signature']}_rows.json"] = dict(bodies["predict_rows.json"], signature_name=classify["signature"])
+    for fname, body in bodies.items():
+        (examples / fname).write_text(json.dumps(body) + "\n")
+    render_repository_files(tmp, repo, config, batching, options.base_path,
+                            current={"name": name, "version": version, "signature": ctx.signature,
+                                     "classify": classify, "examples": sorted(bodies)})
+    entry = next(c for c in config.model_config_list.config if c.name == name)
+    return served_versions(entry, sorted(set(model_versions(repo / name)) | {version}))
+
+
+def _write_report(result, report_dir: Path, ctx) -> None:
+    (report_dir / "reference").mkdir(parents=True, exist_ok=True)
+    np.savez(report_dir / "reference" / "inputs.npz", **ctx.inputs)
+    np.savez(report_dir / "reference" / "outputs.npz", **ctx.outputs)
+    result.write(report_dir)
+
+
+def _publish(tmp: Path, repo: Path, name: str, version: int, force: bool) -> None:
+    """Rename the checked version into REPO/NAME/ (TF-Serving polls that directory, so it must
+    never see a half-written version), then replace the repository files one atomic rename each."""
+    model_dir = repo / name
+    model_dir.mkdir(exist_ok=True)
+    final = model_dir / str(version)
+    old = None
+    if final.exists():
+        if not force:  # another run took this version meanwhile
+            raise UsageError(f"{final}: version {version} appeared while exporting; re-run (or pass --force)")
+        old = model_dir / f".{version}.old-{uuid.uuid4().hex[:8]}"
+        final.rename(old)
+    (tmp / str(version)).rename(final)
+    for fname in (CONFIG_NAME, BATCHING_NAME, "README.md", "docker-compose.yml"):
+        (tmp / fname).replace(repo / fname)
+    ex_final = repo / EXAMPLES_DIR / name
+    ex_final.parent.mkdir(exist_ok=True)
+    stale = None
+    if ex_final.exists():
+        stale = tmp / "stale-examples"
+        ex_final.rename(stale)
+    (tmp / EXAMPLES_DIR / name).rename(ex_final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
