@@ -121,13 +121,14 @@ class TfjsTarget(Target):
             notes, runtime_options = write_layers_model(ctx, out, qmap, options.shard_size, self.name)
         else:
             notes, runtime_options = self._graph(ctx, out, qmap, options.shard_size)
-        art = Artifact(out / "model.json", variant=variant, notes=notes, runtime_options=runtime_options)
+        # the folder, so report sizes count the weight shards, not only model.json
+        art = Artifact(out, variant=variant, notes=notes, runtime_options=runtime_options)
         size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
         art.extra["format"] = options.format
         art.extra["weight_shards"] = len([f for f in out.iterdir() if f.suffix == ".bin"])
         if variant == "fp32":
             ctx._cache["tfjs.fp32_bytes"] = size
-            art.extra["node"] = self._timing(art, ctx)
+            art.extra["runtime_timing"] = self._timing(art, ctx)
             if options.demo:
                 from ..tfjs_demo import write_demo
 
@@ -167,11 +168,14 @@ class TfjsTarget(Target):
         return list(applied) + notes, {"format": "graph"}
 
     def _timing(self, art: Artifact, ctx) -> dict:
-        """Node start, load and per-prediction latency, cpu vs wasm (report.json `node`)."""
-        from runtimes.tfjs_node import timing
+        """Node start, load and per-prediction latency, cpu vs wasm, and the browser's backend
+        and latency (report.json `runtime_timing`)."""
+        from runtimes import tfjs_chromium, tfjs_node
 
-        return timing(art.path, ctx.inputs, fmt=art.runtime_options.get("format", "graph"),
-                      output_map=art.runtime_options.get("output_map"))
+        kw = dict(fmt=art.runtime_options.get("format", "graph"), output_map=art.runtime_options.get("output_map"))
+        out = {f"tfjs-node-{b}": v for b, v in tfjs_node.timing(art.path, ctx.inputs, **kw).items()}
+        out["tfjs-chromium"] = tfjs_chromium.timing(art.path, ctx.inputs, **kw)
+        return out
 
 
 def _ops_from_error(text: str) -> list[str]:

@@ -1,0 +1,71 @@
+"""`kexport tfjs MODEL --demo`: a static page next to the model that a person can use.
+
+- a small one-channel image input (the digits model, 8x8): draw on a canvas, prediction live;
+- another image input (H x W x 1|3): choose an image file, see the top predictions;
+- anything else: the inputs as JSON (pre-filled with the first reference sample), Predict.
+
+The page loads TF.js from `vendor/` (copied from the npm packages in runtimes/tfjs_node, never a
+CDN) and the fp32 model next to it; any static server works (`kexport serve-demo OUT`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+DRAW_MAX = 32  # inputs up to 32x32x1 are drawn; bigger ones are images chosen from disk
+CANVAS = 224
+
+
+def demo_kind(signature) -> str:
+    if len(signature.inputs) != 1:
+        return "tensor"
+    t = signature.inputs[0]
+    if "float" not in t.dtype or len(t.shape) != 4 or None in t.shape[1:] or t.shape[3] not in (1, 3):
+        return "tensor"
+    return "draw" if t.shape[3] == 1 and max(t.shape[1:3]) <= DRAW_MAX else "image"
+
+
+def pixel_scale(model) -> float:
+    """1/255 (pixels in [0, 1], what the reference data assumes) unless the model starts with
+    a Rescaling layer, which then expects raw 0..255 pixels."""
+    layers = [layer for layer in getattr(model, "layers", []) if type(layer).__name__ != "InputLayer"]
+    return 1.0 if layers and type(layers[0]).__name__ == "Rescaling" else 1.0 / 255.0
+
+
+def write_demo(ctx, dest: Path, model_dir: Path, runtime_options: dict) -> Path:
+    from runtimes.tfjs_chromium import copy_vendor, render
+    from runtimes.tfjs_node import input_names, output_names, read_model_json
+
+    fmt = runtime_options.get("format", "graph")
+    model_json = read_model_json(model_dir / "model.json")
+    sig = ctx.signature
+    kind = demo_kind(sig)
+    spec = sig.inputs[0]
+    sample = {k: np.asarray(v)[:1].tolist() for k, v in ctx.inputs.items()}
+    page = render(
+        "tfjs_demo.html.j2",
+        title=f"{ctx.name} - TF.js demo",
+        model_url=f"{model_dir.name}/model.json",
+        format=fmt,
+        kind=kind,
+        height=spec.shape[1] if kind != "tensor" else 0,
+        width=spec.shape[2] if kind != "tensor" else 0,
+        channels=spec.shape[3] if kind != "tensor" else 0,
+        canvas=CANVAS,
+        scale=pixel_scale(ctx.model),
+        config=json.dumps({
+            "inputs": [{"name": t.name, "dtype": "int32" if "int" in t.dtype else "float32",
+                        "shape": [d if d is not None else -1 for d in t.shape]} for t in sig.inputs],
+            "outputs": sig.output_names,
+            "feeds": input_names(model_json) if fmt == "graph" else {},
+            "fetch": output_names(model_json) if fmt == "graph" else [],
+            "outputMap": runtime_options.get("output_map") or {},
+        }),
+        sample=json.dumps(sample),
+    )
+    (dest / "index.html").write_text(page)
+    copy_vendor(dest / "vendor")
+    return dest / "index.html"
