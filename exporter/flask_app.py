@@ -1,0 +1,197 @@
+"""Render the standalone Flask app (templates/flask_app/) around an ONNX or TFLite artifact.
+
+The app is self-contained: the runtime adapter is copied from runtimes/ into
+`kexport_runtime/`, the signature is written to `model/model.json`, and requirements.txt pins
+the light runtime, Flask, gunicorn and numpy at the versions installed here. Nothing in the
+app imports TensorFlow or kexport.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import UsageError
+from .signature import ModelSignature
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "flask_app"
+RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtimes"
+# runtime -> (adapter module copied from runtimes/, pip distribution it needs)
+APP_RUNTIMES = {"onnxruntime": ("onnxruntime_runtime.py", "onnxruntime"),
+                "litert": ("litert.py", "ai-edge-litert")}
+SERVING_PACKAGES = ("numpy", "flask", "werkzeug", "gunicorn")
+TF_DTYPES = {"float32": "DT_FLOAT", "float64": "DT_DOUBLE", "float16": "DT_HALF", "int32": "DT_INT32",
+             "int64": "DT_INT64", "int16": "DT_INT16", "int8": "DT_INT8", "uint8": "DT_UINT8", "bool": "DT_BOOL"}
+EXAMPLE_MAX_ELEMENTS = 256  # larger inputs get an .npy example instead of inline JSON
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """Defaults baked into the generated app (each one an environment variable there too)."""
+
+    max_content_length: int = 16 * 1024 * 1024
+    batch_window_ms: float = 2.0
+    max_batch_rows: int = 32
+    workers: int = 2
+    threads: int = 8
+    intra_op_threads: int = 1
+
+
+@dataclass
+class AppSpec:
+    """Everything the templates need, gathered by the flask target."""
+
+    name: str
+    signature: ModelSignature
+    runtime: str
+    artifact: str  # file name inside model/
+    source_file: str
+    model_sha256: str
+    inputs: dict  # reference inputs (name -> array), saved for the app's own tests
+    outputs: dict  # Keras outputs for them
+    atol: float
+    rtol: float
+    settings: AppSettings = field(default_factory=AppSettings)
+    labels: dict = field(default_factory=dict)  # output name -> list of label names
+    version: str = "1"
+
+
+def read_labels(path, signature: ModelSignature) -> dict:
+    """One label per line; attached to every output whose last dimension has that many classes."""
+    try:
+        names = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: cannot read --class-labels ({e}); pass a UTF-8 text file with one label per line") from e
+    fits = {t.name: names for t in signature.outputs if len(t.shape) == 2 and t.shape[1] == len(names)}
+    if not names or not fits:
+        shapes = {t.name: list(t.shape) for t in signature.outputs}
+        raise UsageError(f"{path}: {len(names)} labels fit no classifier output {shapes}; "
+                         "give one line per class of the output's last dimension")
+    return fits
+
+
+def requirement_pins(runtime: str) -> list[tuple[str, str]]:
+    pins = []
+    for pkg in (APP_RUNTIMES[runtime][1],) + SERVING_PACKAGES:
+        try:
+            pins.append((pkg, metadata.version(pkg)))
+        except metadata.PackageNotFoundError as e:
+            raise UsageError(f"the generated app needs '{pkg}', which is not installed here; "
+                             f"pip install 'kexport[serve]' {pkg}") from e
+    return pins
+
+
+def _shape_text(shape) -> str:
+    return "[" + ", ".join("-1" if d is None else str(d) for d in shape) + "]"
+
+
+def signature_def(signature: ModelSignature) -> dict:
+    """The serving_default SignatureDef as TF-Serving's /metadata prints it."""
+
+    def tensor(t, name):
+        dims = [{"size": str(-1 if d is None else d), "name": ""} for d in t.shape]
+        return {"dtype": TF_DTYPES.get(t.dtype, "DT_INVALID"), "tensor_shape": {"dim": dims, "unknown_rank": False},
+                "name": name}
+
+    return {"inputs": {t.name: tensor(t, f"serving_default_{t.name}:0") for t in signature.inputs},
+            "outputs": {t.name: tensor(t, f"StatefulPartitionedCall:{i}") for i, t in enumerate(signature.outputs)},
+            "method_name": "tensorflow/serving/predict", "defaults": {}}
+
+
+def render_app(dest: Path, spec: AppSpec) -> None:
+    """Write the app around `dest/model/<spec.artifact>` (already written by the target)."""
+    import jinja2
+
+    dest = Path(dest)
+    (dest / "model").mkdir(parents=True, exist_ok=True)
+    (dest / "tests").mkdir(exist_ok=True)
+    _copy_runtime(dest / "kexport_runtime", spec.runtime)
+    meta = {"name": spec.name, "version": spec.version, "runtime": spec.runtime, "artifact": spec.artifact,
+            "signature": spec.signature.to_json(), "signature_def": signature_def(spec.signature),
+            "labels": spec.labels, "source_file": spec.source_file, "model_sha256": spec.model_sha256,
+            "kexport_version": __version__}
+    (dest / "model" / "model.json").write_text(json.dumps(meta, indent=2))
+    np.savez(dest / "tests" / "reference_inputs.npz", **spec.inputs)
+    np.savez(dest / "tests" / "reference_outputs.npz", **spec.outputs)
+    from .flask_openapi import openapi_spec
+
+    (dest / "openapi.json").write_text(json.dumps(openapi_spec(spec), indent=2))
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, autoescape=False)
+    values = _template_values(spec)
+    for tpl in sorted(TEMPLATE_DIR.rglob("*.j2")):
+        rel = tpl.relative_to(TEMPLATE_DIR).as_posix()
+        try:
+            text = env.get_template(rel).render(**values)
+        except jinja2.TemplateError as e:  # a template bug, not the user's: say which file
+            raise RuntimeError(f"templates/flask_app/{rel}: {e}") from e
+        (dest / rel[: -len(".j2")]).write_text(text)
+
+
+def _copy_runtime(pkg: Path, runtime: str) -> None:
+    """runtimes/base.py and the one adapter, as a package of their own: runtimes/__init__.py
+    imports every adapter (some need TensorFlow), so it is not copied."""
+    pkg.mkdir(parents=True, exist_ok=True)
+    module = APP_RUNTIMES[runtime][0]
+    shutil.copyfile(RUNTIME_DIR / "base.py", pkg / "base.py")
+    shutil.copyfile(RUNTIME_DIR / module, pkg / module)
+    (pkg / "__init__.py").write_text(
+        f'"""The {runtime} adapter, copied from kexport {__version__} runtimes/ (base.py, {module})."""\n\n'
+        "from .base import get_runtime  # noqa: F401\n"
+        f"from . import {module[:-3]}  # noqa: F401,E402  (registers '{runtime}')\n"
+    )
+
+
+def _example(spec: AppSpec):
+    """Rows/columns curl examples from the first reference example (rounded), or placeholders."""
+    sig = spec.signature
+    n_el = sum(int(np.prod(spec.inputs[t.name].shape[1:])) for t in sig.inputs)
+    if n_el > EXAMPLE_MAX_ELEMENTS:
+        return ('{"instances": [ ...one example per entry, see openapi.json... ]}',
+                '{"inputs": { ...one batch per input name... }}')
+
+    def first(t):
+        a = spec.inputs[t.name][:1]
+        return np.round(a, 4).tolist() if a.dtype.kind == "f" else a.tolist()
+
+    if len(sig.inputs) == 1:
+        rows = {"instances": first(sig.inputs[0])}
+    else:
+        rows = {"instances": [{t.name: first(t)[0] for t in sig.inputs}]}
+    cols = {"inputs": {t.name: first(t) for t in sig.inputs}}
+    return json.dumps(rows, separators=(",", ":")), json.dumps(cols, separators=(",", ":"))
+
+
+def _template_values(spec: AppSpec) -> dict:
+    s = spec.settings
+    rows, cols = _example(spec)
+
+    def described(t):
+        return {"name": t.name, "dtype": t.dtype, "shape_text": _shape_text(t.shape), "int_high": t.int_high,
+                "example_batch_shape": str((2,) + tuple(1 if d is None else d for d in t.shape[1:]))}
+
+    inputs = [described(t) for t in spec.signature.inputs]
+    try:
+        pytest_version = metadata.version("pytest")
+    except metadata.PackageNotFoundError:
+        pytest_version = ""  # unpinned
+    return {
+        "kexport_version": __version__, "model_name": spec.name, "source_file": spec.source_file,
+        "model_sha256": spec.model_sha256, "runtime": spec.runtime, "artifact": spec.artifact,
+        "version": spec.version, "inputs": inputs, "outputs": [described(t) for t in spec.signature.outputs],
+        "input_names": spec.signature.input_names, "output_names": spec.signature.output_names,
+        "labels": spec.labels, "atol": repr(float(spec.atol)), "rtol": repr(float(spec.rtol)),
+        "tolerance_text": f"max |served - keras| <= {spec.atol:g} + {spec.rtol:g} x max |keras|",
+        "max_content_length": s.max_content_length, "batch_window_ms": repr(float(s.batch_window_ms)),
+        "max_batch_rows": s.max_batch_rows, "workers": s.workers, "threads": s.threads,
+        "intra_op_threads": s.intra_op_threads, "requirements": requirement_pins(spec.runtime),
+        "pytest_version": pytest_version, "python_version": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "example_rows": rows, "example_columns": cols, "example_batch_shape": inputs[0]["example_batch_shape"],
+    }
