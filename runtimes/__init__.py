@@ -14,3 +14,4 @@ from . import litert  # noqa: F401,E402
 from . import onnxruntime_runtime  # noqa: F401,E402
 from . import tfjs_node  # noqa: F401,E402
 from . import tfjs_chromium  # noqa: F401,E402
+from . import flask_http  # noqa: F401,E402

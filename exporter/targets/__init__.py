@@ -9,3 +9,4 @@ from . import saved_model  # noqa: F401,E402
 from . import tflite  # noqa: F401,E402
 from . import onnx  # noqa: F401,E402
 from . import tfjs  # noqa: F401,E402
+from . import flask  # noqa: F401,E402
