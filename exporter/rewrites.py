@@ -49,7 +49,8 @@ def keras3_rewrites(model, *, unroll_rnn: bool = True):
             _note(applied, f"grouped Conv (groups={groups}, one channel each) -> DepthwiseConv2D")
             kh, kw, _, out_ch = kernel.shape
             dw = tf.reshape(kernel, (kh, kw, groups, out_ch // groups))
-            return orig_depthwise(inputs, dw, strides, padding, data_format, dilation_rate)
+            as_tuple = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731  (Conv2D passes lists)
+            return orig_depthwise(inputs, dw, as_tuple(strides), padding, data_format, as_tuple(dilation_rate))
         _note(applied, f"grouped Conv (groups={groups}) -> split/conv/concat")
         xs = tf.split(inputs, groups, axis=in_ch_axis)
         ks = tf.split(kernel, groups, axis=-1)

@@ -12,6 +12,8 @@ from . import tf_saved_model  # noqa: F401,E402
 from . import tf_saved_model_cli  # noqa: F401,E402
 from . import litert  # noqa: F401,E402
 from . import onnxruntime_runtime  # noqa: F401,E402
+from . import coreml_reference  # noqa: F401,E402
+from . import coreml_native  # noqa: F401,E402
+from . import flask_http  # noqa: F401,E402
 from . import tfjs_node  # noqa: F401,E402
 from . import tfjs_chromium  # noqa: F401,E402
-from . import flask_http  # noqa: F401,E402

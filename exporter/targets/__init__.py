@@ -8,5 +8,6 @@ from .base import FP32, Artifact, NoOptions, Target, Tolerance, all_targets, get
 from . import saved_model  # noqa: F401,E402
 from . import tflite  # noqa: F401,E402
 from . import onnx  # noqa: F401,E402
-from . import tfjs  # noqa: F401,E402
+from . import coreml  # noqa: F401,E402
 from . import flask  # noqa: F401,E402
+from . import tfjs  # noqa: F401,E402

@@ -24,7 +24,10 @@ from .tflite import first_line
 
 IOS_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
 NN_TARGETS = ("iOS13", "iOS14", "macOS10_15", "macOS11")  # legacy neuralnetwork format only
-QUANTIZE = ("float16", "int8", "palettize", "all")
+# --quantize vocabulary (shared flag, exporter/quantize.py): float16 = the fp16 program,
+# int8 = linear per-channel weights, palettize = 6-bit k-means lookup tables.
+QUANTIZE = ("float16", "int8", "palettize")
+VARIANT_OF = {"float16": "fp16", "int8": "int8", "palettize": "palettized"}
 COLOR_LAYOUTS = ("RGB", "BGR", "GRAYSCALE")
 
 # fp16 programs store every intermediate tensor in half precision (11-bit mantissa, relative
@@ -51,7 +54,7 @@ class CoreMLOptions:
     format: str = "mlprogram"  # mlprogram | neuralnetwork
     deployment_target: str | None = None
     precision: str = "float16"
-    quantize: str | None = None  # float16 | int8 | palettize | all (extra variants)
+    quantize: str | None = None  # shared --quantize: "int8,palettize", "all", ...
     image_input: str | None = None
     scale: float = 1.0
     bias: tuple = (0.0,)
@@ -72,6 +75,7 @@ class CoreMLTarget(Target):
     requires = ("coremltools", "tensorflow")
     tolerance = FP32
     Options = CoreMLOptions
+    QUANTIZE = QUANTIZE
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -81,8 +85,6 @@ class CoreMLTarget(Target):
                             help="minimum OS (default iOS15 for mlprogram, iOS14 for neuralnetwork)")
         parser.add_argument("--precision", choices=("float16", "float32"), default="float16",
                             help="compute precision of the program (default float16, as coremltools)")
-        parser.add_argument("--quantize", choices=QUANTIZE, default=None,
-                            help="extra variants: float16, int8 (linear weights), palettize (6-bit lookup), all")
         parser.add_argument("--image-input", metavar="NAME", help="make this input a CoreML image (camera frames)")
         parser.add_argument("--scale", type=float, default=1.0, help="image input: tensor = scale * pixel + bias")
         parser.add_argument("--bias", default="0", help="image input: one value, or one per channel 'r,g,b'")
@@ -110,12 +112,12 @@ class CoreMLTarget(Target):
         )
 
     def variants(self, options) -> list[str]:
+        from ..quantize import selected
+
         base = "fp16" if options.precision == "float16" else "fp32"
         if options.format == "neuralnetwork":
             return [base]
-        extra = {"float16": ["fp16"], "int8": ["int8"], "palettize": ["palettized"],
-                 "all": ["fp16", "int8", "palettized"]}.get(options.quantize or "", [])
-        return list(dict.fromkeys([base] + extra))
+        return list(dict.fromkeys([base] + [VARIANT_OF[q] for q in selected(options.quantize, QUANTIZE)]))
 
     def tolerance_for(self, variant: str, options) -> Tolerance:
         return {"fp32": FP32, "fp16": FP16, "int8": INT8, "palettized": PALETTIZED}[variant]
