@@ -100,7 +100,7 @@ def build_context(model_path, options: ExportOptions, progress: Progress | None 
     load_s = time.perf_counter() - t0
     if options.inputs:
         inputs = load_inputs(options.inputs, sig)
-    elif options.eval:  # real samples: quantized variants are judged in distribution, not on noise
+    elif options.eval or options.calibration:  # real samples: quantized variants are judged in distribution, not on noise
         from .quantize import eval_reference_inputs
 
         inputs = eval_reference_inputs(model, sig, options)

@@ -23,6 +23,8 @@ from .quantize import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_MIN_AGREEMENT, eval_dat
 
 def measure_variants(target, ctx, options, produced, tmp: Path, say=lambda s: None) -> None:
     """`produced` is [(TargetResult, Artifact)] in variant order; fills each row, applies the gate."""
+    from runtimes.base import UnsupportedOp
+
     ok = [(r, a) for r, a in produced if r.status == "ok" and r.artifact]
     if len(ok) < 1:
         return
@@ -42,6 +44,9 @@ def measure_variants(target, ctx, options, produced, tmp: Path, say=lambda s: No
             continue
         try:
             got = _predict(runtime, art, ev.inputs)
+        except UnsupportedOp as e:  # this runtime cannot execute it: no verdict, as in parity
+            m["metrics_skipped"] = f"{runtime}: {e}"
+            continue
         except Exception as e:  # the runtime refused it: parity says so too; the gate must not pass it
             m["metrics_error"] = f"{runtime} could not run the variant on the {ev.source} data: {_line(e)}"
             continue
