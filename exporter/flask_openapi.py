@@ -37,6 +37,8 @@ def _b64() -> dict:
 
 
 def _out(t, batched: bool) -> dict:
+    # A finite input can still overflow inside the model; NaN/Infinity are then written as
+    # TF-Serving writes them (bare NaN / Infinity tokens), which JSON Schema cannot express.
     s = {"type": "number"} if t.dtype != "bool" else {"type": "boolean"}
     dims = t.shape[1:] if not batched else (None,) + tuple(t.shape[1:])
     for d in reversed(dims):

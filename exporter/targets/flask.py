@@ -69,7 +69,11 @@ class FlaskTarget(Target):
         return opts
 
     def preflight(self, ctx, options) -> list[str]:
+        from ..flask_app import read_labels
+
         _check(options)
+        if options.class_labels:  # a labels file that fits no output fails before any conversion
+            read_labels(options.class_labels, ctx.signature)
         inner = _inner(options)
         missing = inner.missing_requirements()
         if missing:
