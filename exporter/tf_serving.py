@@ -148,7 +148,7 @@ def export_repository(model, repo, options: TFServingOptions | None = None, expo
                               versions=versions(), seconds=dict(ctx.timings))
         vdir = tmp / str(version)
         say(f"writing {name}/{version} (SavedModel, warmup requests)")
-        row = _build_version(ctx, vdir, name, classify, eopts)
+        row = _build_version(ctx, vdir, name, classify, batching.max_batch_size)
         if eopts.verify:
             say("checking: SavedModel loader, saved_model_cli run, signature defs, warmup replay")
             row.parity = _check_version(ctx, vdir, classify, eopts)
@@ -241,7 +241,7 @@ def _classify_spec(ctx, options, extra_sig) -> dict | None:
     return {"signature": extra_sig, "labels": labels, "top_k": k, "output": out}
 
 
-def _build_version(ctx, vdir: Path, name: str, classify, eopts):
+def _build_version(ctx, vdir: Path, name: str, classify, max_rows: int):
     from .report import TargetResult
     from .tf_serving_proto import predict_log, warmup_batches, write_warmup
 
@@ -252,9 +252,10 @@ def _build_version(ctx, vdir: Path, name: str, classify, eopts):
         src, _ = ctx.saved_model(rewrite=False)
         shutil.copytree(src, vdir)
     logs = [predict_log(name, "serving_default", {k: v[rows] for k, v in ctx.inputs.items()})
-            for rows in warmup_batches(ctx.inputs)]
+            for rows in warmup_batches(ctx.inputs, max_rows)]
     if classify:
-        logs.append(predict_log(name, classify["signature"], ctx.inputs))
+        first = warmup_batches(ctx.inputs, max_rows)[0]
+        logs.append(predict_log(name, classify["signature"], {k: v[first] for k, v in ctx.inputs.items()}))
     n = write_warmup(vdir / "assets.extra" / WARMUP_NAME, logs)
     signatures = ["serving_default"] + ([classify["signature"]] if classify else [])
     size = sum(f.stat().st_size for f in vdir.rglob("*") if f.is_file())

@@ -249,11 +249,13 @@ def _batching_class():
 
 
 # ----------------------------------------------------------------------------- warmup requests
-def warmup_batches(inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Row indices of each warmup request: the whole reference batch, then each row alone, so
-    both the batched and the single-request paths are warm before the first real call."""
+def warmup_batches(inputs: dict[str, np.ndarray], max_rows: int) -> list[np.ndarray]:
+    """Row indices of each warmup request: the reference batch in chunks of at most `max_rows`
+    (with batching on, TF-Serving fails a larger request, and a failed warmup request fails the
+    model load), then each row alone, so both batched and single calls are warm."""
     n = len(next(iter(inputs.values())))
-    batches = [np.arange(n)] + [np.array([i]) for i in range(n)]
+    batches = [np.arange(i, min(i + max_rows, n)) for i in range(0, n, max_rows)] if n > 1 else []
+    batches += [np.array([i]) for i in range(n)]
     return batches[: MAX_WARMUP_RECORDS - 1]
 
 
