@@ -37,7 +37,7 @@ def pixel_scale(model) -> float:
 
 def write_demo(ctx, dest: Path, model_dir: Path, runtime_options: dict) -> Path:
     from runtimes.tfjs_chromium import copy_vendor, render
-    from runtimes.tfjs_node import input_names, output_names, read_model_json
+    from runtimes.tfjs_node import input_names, layers_fetch, output_names, read_model_json
 
     fmt = runtime_options.get("format", "graph")
     model_json = read_model_json(model_dir / "model.json")
@@ -61,8 +61,7 @@ def write_demo(ctx, dest: Path, model_dir: Path, runtime_options: dict) -> Path:
                         "shape": [d if d is not None else -1 for d in t.shape]} for t in sig.inputs],
             "outputs": sig.output_names,
             "feeds": input_names(model_json) if fmt == "graph" else {},
-            "fetch": output_names(model_json) if fmt == "graph" else [],
-            "outputMap": runtime_options.get("output_map") or {},
+            "fetch": output_names(model_json) if fmt == "graph" else layers_fetch(runtime_options),
         }),
         sample=json.dumps(sample),
     )

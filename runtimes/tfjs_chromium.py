@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import Runtime, module_missing, register_runtime
-from .tfjs_node import RUNNER_DIR, input_names, output_names, read_model_json
+from .tfjs_node import RUNNER_DIR, input_names, layers_fetch, output_names, read_model_json
 
 CHROMIUM = os.environ.get("KEXPORT_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -198,9 +198,8 @@ class TfjsChromiumSession:
         model_json_path = p / "model.json" if p.is_dir() else p
         model_json = read_model_json(model_json_path)
         self.format = fmt
-        self.fetch = output_names(model_json) if fmt == "graph" else []
+        self.fetch = output_names(model_json) if fmt == "graph" else layers_fetch({"output_map": output_map})
         self.feeds = input_names(model_json) if fmt == "graph" else {}
-        self.output_map = output_map or {}
         b = browser()
         self.server = b.server
         self.page, info, self.console = b.page(backend)
@@ -234,7 +233,7 @@ class TfjsChromiumSession:
         for t in res["tensors"]:
             dt = {"float32": np.float32, "int32": np.int32, "bool": np.uint8}.get(t["dtype"], np.float32)
             arr = np.frombuffer(base64.b64decode(t["data"]), dtype=dt).reshape(t["shape"]).copy()
-            out[self.output_map.get(t["name"], t["name"])] = arr
+            out[t["name"]] = arr
         return out
 
     def close(self):

@@ -189,6 +189,12 @@ def output_names(model_json: dict) -> list[tuple[str, str]]:
             for k, v in sorted((sig.get("outputs") or {}).items())]
 
 
+def layers_fetch(runtime_options: dict) -> list[list[str]]:
+    """[(layers output name, Keras output name)] in the layers model's output order (from the
+    target's `output_map`): TF.js Sequential models expose no output names, so by position."""
+    return [[k, v] for k, v in (runtime_options.get("output_map") or {}).items()]
+
+
 def input_names(model_json: dict) -> dict[str, str]:
     """{Keras input name: tfjs tensor name} for a graph model."""
     sig = model_json.get("signature") or {}
@@ -205,10 +211,8 @@ class TfjsNodeSession:
         head, _ = self.proc.call({"cmd": "load", "path": self.path, "format": fmt})
         self.id = head["id"]
         self.load_seconds = head["seconds"]
-        self.fetch = output_names(model_json) if fmt == "graph" else []
+        self.fetch = output_names(model_json) if fmt == "graph" else layers_fetch({"output_map": output_map})
         self.feeds = input_names(model_json) if fmt == "graph" else {}
-        # layers models name outputs after the output layers; map them to the Keras names
-        self.output_map = output_map or {}
         self.predict_seconds: list[float] = []
 
     def predict(self, inputs):
@@ -218,7 +222,7 @@ class TfjsNodeSession:
         head, data = self.proc.call({"cmd": "predict", "id": self.id, "tensors": specs, "fetch": self.fetch}, body)
         self.predict_seconds.append(head["seconds"])
         out = unpack_tensors(head["tensors"], data)
-        return {self.output_map.get(k, k): v for k, v in out.items()}
+        return out
 
     def close(self):
         if self.proc.alive():

@@ -105,10 +105,14 @@ async function predict(req, body) {
   let outs;
   const fetch = req.fetch; // [[tfjsName, kerasName], ...]
   if (entry.format === 'layers') {
-    const ordered = entry.model.inputNames.map((n) => feed[n]);
+    // by name; a Sequential model exposes no input/output names: then by position, in the
+    // order of the Keras signature (inputs) and of the layers model (fetch, from Python)
+    const given = req.tensors.map((spec) => feed[spec.feed || spec.name]);
+    const names = entry.model.inputNames || [];
+    const ordered = given.map((t, i) => (names[i] in feed ? feed[names[i]] : t));
     let y = entry.model.predict(ordered.length === 1 ? ordered[0] : ordered);
     y = Array.isArray(y) ? y : [y];
-    outs = entry.model.outputNames.map((n, i) => [n, y[i]]);
+    outs = fetch.map((f, i) => [f[1], y[i]]);
   } else {
     // executeAsync handles control flow (While/If) as well as plain graphs; outputs by name.
     const names = fetch.map((f) => f[0]);
