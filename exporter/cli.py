@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, model=False)
     p = sub.add_parser("doctor", help="which converters and runtimes work here, and how to install the rest")
     _common(p, model=False)
+    p = sub.add_parser("serve-demo", help="serve the TF.js demo page of an export (kexport tfjs MODEL --demo)")
+    p.add_argument("out", help="directory written by 'kexport tfjs --demo' (or its tfjs/ folder)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    _common(p, model=False)
     p = sub.add_parser("tf-serving", help="add a checked version to a TF-Serving model repository (-o REPO)")
     _common(p)
     from .tf_serving import add_arguments as tf_serving_arguments
@@ -223,7 +228,15 @@ def cmd_tf_serving(args) -> int:
     return result.exit_code
 
 
-COMMANDS = {"verify": cmd_verify, "inspect": cmd_inspect, "doctor": cmd_doctor, "tf-serving": cmd_tf_serving}
+def cmd_serve_demo(args) -> int:
+    from .tfjs_demo import serve
+
+    serve(args.out, args.host, args.port)
+    return EXIT_OK
+
+
+COMMANDS = {"verify": cmd_verify, "inspect": cmd_inspect, "doctor": cmd_doctor, "tf-serving": cmd_tf_serving,
+            "serve-demo": cmd_serve_demo}
 
 
 def main(argv=None) -> int:

@@ -68,3 +68,49 @@ def write_demo(ctx, dest: Path, model_dir: Path, runtime_options: dict) -> Path:
     (dest / "index.html").write_text(page)
     copy_vendor(dest / "vendor")
     return dest / "index.html"
+
+
+def demo_root(out) -> Path:
+    """The folder holding index.html: OUT itself or OUT/tfjs (an export directory)."""
+    from .errors import UsageError
+
+    out = Path(out)
+    for folder in (out, out / "tfjs"):
+        if (folder / "index.html").exists() and (folder / "vendor" / "tf.min.js").exists():
+            return folder
+    raise UsageError(f"{out}: no TF.js demo page (index.html + vendor/) here or in {out / 'tfjs'}; "
+                     "write one with 'kexport tfjs MODEL --demo -o OUT'")
+
+
+def make_server(out, host: str = "127.0.0.1", port: int = 8000):
+    """A static file server for the demo folder (.wasm served as application/wasm)."""
+    import functools
+    import http.server
+
+    root = demo_root(out)
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
+                          ".wasm": "application/wasm", ".js": "text/javascript", ".json": "application/json"}
+
+        def log_message(self, fmt, *args):  # one short line per request
+            print(f"  {self.address_string()} {fmt % args}", flush=True)
+
+    try:
+        return http.server.ThreadingHTTPServer((host, port), functools.partial(Handler, directory=str(root)))
+    except OSError as e:
+        from .errors import UsageError
+
+        raise UsageError(f"cannot listen on {host}:{port} ({e.strerror}); pass --port with a free port") from e
+
+
+def serve(out, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve the demo until Ctrl-C (`kexport serve-demo OUT`)."""
+    server = make_server(out, host, port)
+    print(f"serving {demo_root(out)} at http://{host}:{server.server_address[1]}/ (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
