@@ -48,7 +48,7 @@ class TFServingOptions:
     name: str | None = None  # model name in REPO and in the REST path; default: the model file's stem
     version: int | None = None  # default: one above the highest version in REPO/NAME
     force: bool = False  # replace an existing version directory
-    version_policy: str | None = None  # latest[:N] | all | specific[:V1,V2]; None keeps the listed one
+    version_policy: str | None = None  # latest[:N] | all | specific[:V1,V2]; None: see build_config
     base_path: str = "/models"  # where REPO is mounted inside the container
     batching: BatchingParameters | None = None  # None: keep REPO's file, or write the defaults
     signature: str | None = None  # extra top-k signature name (needs class_labels)
@@ -63,7 +63,8 @@ def add_arguments(p) -> None:
     p.add_argument("--name", help="model name in the repository and the REST path (default: model file name)")
     p.add_argument("--version", type=int, help="version directory (default: the next free one)")
     p.add_argument("--force", action="store_true", help="replace the version directory if it exists")
-    p.add_argument("--version-policy", help="latest, latest:N, all, specific or specific:V1,V2 (default: keep, else latest)")
+    p.add_argument("--version-policy", help="latest, latest:N, all, specific or specific:V1,V2 (default: "
+                   "a new model or a specific list serves every published version; other policies are kept)")
     p.add_argument("--base-path", default="/models", help="mount point of the repository in the container (default /models)")
     d = BatchingParameters()
     for field, value in (("max_batch_size", d.max_batch_size), ("batch_timeout_micros", d.batch_timeout_micros),
@@ -350,9 +351,14 @@ def _publish(tmp: Path, repo: Path, name: str, version: int, force: bool) -> Non
     if final.exists():
         if not force:  # another run took this version meanwhile
             raise UsageError(f"{final}: version {version} appeared while exporting; re-run (or pass --force)")
-        old = model_dir / f".{version}.old-{uuid.uuid4().hex[:8]}"
+        old = model_dir / f".{version}.old-{uuid.uuid4().hex[:8]}"  # TF-Serving skips non-numeric names
         final.rename(old)
-    (tmp / str(version)).rename(final)
+    try:
+        (tmp / str(version)).rename(final)
+    except OSError:
+        if old is not None:
+            old.rename(final)
+        raise
     for fname in (CONFIG_NAME, BATCHING_NAME, "README.md", "docker-compose.yml"):
         (tmp / fname).replace(repo / fname)
     ex_final = repo / EXAMPLES_DIR / name

@@ -176,6 +176,13 @@ def classify_row(loaded, reference_in, reference_out, tol, classify: dict) -> Pa
     t0 = time.perf_counter()
     fn = loaded.signatures[classify["signature"]]
     answer = fn(**{k: tf.constant(v) for k, v in reference_in.items()})
-    problems = compare_classify(classify["signature"], reference_out[classify["output"]], classify["labels"],
-                                classify["top_k"], answer["classes"].numpy(), answer["scores"].numpy(), tol)
-    return _row(f"signature:{classify['signature']}", problems, tol, t0)
+    ref = reference_out[classify["output"]]
+    scores = answer["scores"].numpy()
+    problems = compare_classify(classify["signature"], ref, classify["labels"], classify["top_k"],
+                                answer["classes"].numpy(), scores, tol)
+    row = _row(f"signature:{classify['signature']}", problems, tol, t0)
+    if scores.shape == (len(ref), classify["top_k"]):
+        scale = float(np.max(np.abs(ref)))
+        row.max_abs_err = float(np.max(np.abs(scores.astype(np.float64) - top_k(ref, classify["labels"], classify["top_k"])[1])))
+        row.max_rel_err = row.max_abs_err / scale if scale else row.max_abs_err
+    return row

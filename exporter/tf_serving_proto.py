@@ -115,8 +115,10 @@ def read_config(path: Path):
 
 def build_config(repo: Path, old, base_path: str, name: str, policy: tuple[str, tuple] | None, extra_versions=()):
     """A model_config_list naming every model in `repo` (plus `name` at `extra_versions`, about to
-    be moved in). Settings of models already listed (policies, labels) are kept; `name` gets
-    `policy` when given, else its old one, else latest:1."""
+    be moved in). Settings of models already listed (policies, labels) are kept. `name` gets
+    `policy` when given; else a `specific` list it already has gains the new versions; else it
+    keeps its policy. A model not listed yet gets `specific` with every version on disk, so
+    versions published side by side are all served and all listed."""
     from tensorflow_serving.config import model_server_config_pb2
 
     models = repository_models(repo)
@@ -132,8 +134,12 @@ def build_config(repo: Path, old, base_path: str, name: str, policy: tuple[str, 
         entry.model_platform = "tensorflow"
         if model == name and policy is not None:
             set_version_policy(entry, *policy, models[model], model)
-        elif not entry.HasField("model_version_policy"):
-            entry.model_version_policy.latest.num_versions = 1
+        elif model not in previous:
+            entry.model_version_policy.specific.versions.extend(models[model])
+        elif model == name and entry.model_version_policy.WhichOneof("policy_choice") == "specific":
+            listed = set(entry.model_version_policy.specific.versions) | set(extra_versions)
+            entry.model_version_policy.specific.ClearField("versions")
+            entry.model_version_policy.specific.versions.extend(sorted(listed))
     return config
 
 

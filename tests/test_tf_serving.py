@@ -65,7 +65,7 @@ def tfs_repo(tmp_path_factory):
     labels.write_text("\n".join(LABELS) + "\n")
     repo.results[("digits_cnn", 2)] = export_repository(
         str(SAMPLE_MODELS["digits_cnn"]), repo.root,
-        TFServingOptions(name="digits_cnn", class_labels=str(labels), top_k=3, version_policy="all"))
+        TFServingOptions(name="digits_cnn", class_labels=str(labels), top_k=3))
     return repo
 
 
@@ -96,9 +96,9 @@ def test_two_versions_side_by_side_in_models_config(tfs_repo):
     assert set(entries) == set(SAMPLE_MODELS)
     for name, entry in entries.items():
         assert entry.base_path == f"/models/{name}" and entry.model_platform == "tensorflow"
-    assert entries["digits_cnn"].model_version_policy.WhichOneof("policy_choice") == "all"
+    assert list(entries["digits_cnn"].model_version_policy.specific.versions) == [1, 2]
     assert served_versions(entries["digits_cnn"], [1, 2]) == [1, 2]
-    assert entries["wine_mlp"].model_version_policy.latest.num_versions == 1
+    assert list(entries["wine_mlp"].model_version_policy.specific.versions) == [1]
     assert tfs_repo.results[("digits_cnn", 2)].targets[0].extra["served_versions"] == [1, 2]
 
 
@@ -329,6 +329,43 @@ def test_bad_flags_one_line_error_repo_untouched(tmp_path, argv, needle):
 def test_missing_repo_flag():
     code, err = _cli(str(SAMPLE_MODELS["iris_keras2"]))
     assert code == 2 and "-o REPO" in err
+
+
+def _fake_model(repo: Path, name: str, versions) -> None:
+    for v in versions:
+        (repo / name / str(v)).mkdir(parents=True)
+        (repo / name / str(v) / "saved_model.pb").write_bytes(b"")
+
+
+def test_models_config_policies(tmp_path):
+    """Bookkeeping only (no SavedModel is loaded): which policy each entry gets and keeps."""
+    from exporter.tf_serving_proto import build_config, config_text, parse_version_policy, served_versions
+
+    repo = tmp_path / "repo"
+    _fake_model(repo, "a", [1, 2])
+    _fake_model(repo, "b", [3])
+    (repo / "c" / "junk").mkdir(parents=True)  # no version directory: not a model
+    (repo / ".kexport-tf-serving-x" / "1").mkdir(parents=True)
+    old = read_config(repo / "models.config")
+    cfg = build_config(repo, old, "/models/", "a", parse_version_policy("latest:2"), extra_versions=[3])
+    (repo / "models.config").write_text(config_text(cfg))
+    entries = {c.name: c for c in read_config(repo / "models.config").model_config_list.config}
+    assert sorted(entries) == ["a", "b"] and entries["a"].base_path == "/models/a"
+    assert entries["a"].model_version_policy.latest.num_versions == 2
+    assert served_versions(entries["a"], [1, 2, 3]) == [2, 3]
+    assert list(entries["b"].model_version_policy.specific.versions) == [3]
+    # b gets a new version without --version-policy: its specific list grows; a keeps latest:2
+    cfg = build_config(repo, read_config(repo / "models.config"), "/models", "b", None, extra_versions=[4])
+    entries = {c.name: c for c in cfg.model_config_list.config}
+    assert list(entries["b"].model_version_policy.specific.versions) == [3, 4]
+    assert entries["a"].model_version_policy.latest.num_versions == 2
+    cfg = build_config(repo, cfg, "/models", "a", parse_version_policy("all"))
+    assert served_versions(cfg.model_config_list.config[0], [1, 2]) == [1, 2]
+    with pytest.raises(UsageError, match=r"lists versions \[7\]"):
+        build_config(repo, cfg, "/models", "a", parse_version_policy("specific:1,7"))
+    (repo / "models.config").write_text("model_config_list { bogus: 1 }")
+    with pytest.raises(UsageError, match="not a ModelServerConfig text proto"):
+        read_config(repo / "models.config")
 
 
 # ----------------------------------------------------------------------------- versions, force, failures
