@@ -59,7 +59,9 @@ class TFServingOptions:
 
 def add_arguments(p) -> None:
     """Flags of the `tf-serving` subcommand (the model/--inputs/--samples ones come from the CLI)."""
-    p.set_defaults(out=None)
+    for action in p._actions:  # -o comes from the shared flags; here it names the repository
+        if action.dest == "out":
+            action.default, action.help = None, "the model repository directory (required)"
     p.add_argument("--name", help="model name in the repository and the REST path (default: model file name)")
     p.add_argument("--version", type=int, help="version directory (default: the next free one)")
     p.add_argument("--force", action="store_true", help="replace the version directory if it exists")
@@ -107,6 +109,10 @@ def options_from_args(args) -> tuple[TFServingOptions, ExportOptions]:
 def run_command(args, progress=None):
     if not args.out:
         raise UsageError("kexport tf-serving: pass the repository directory with -o REPO")
+    for flag in ("quantize", "calibration", "eval"):
+        if getattr(args, flag, None):
+            raise UsageError(f"kexport tf-serving: --{flag} does not apply (TF-Serving serves the fp32 SavedModel); "
+                             "use 'kexport tflite/onnx --quantize' for quantized variants")
     topts, eopts = options_from_args(args)
     return export_repository(args.model, args.out, topts, eopts, progress=progress)
 
@@ -182,8 +188,10 @@ def export_repository(model, repo, options: TFServingOptions | None = None, expo
 def _extra_signature_name(options) -> str | None:
     from .tf_serving_proto import check_signature_name
 
-    if options.signature and not options.class_labels:
-        raise UsageError(f"tf-serving: --signature {options.signature} returns top-k labels and needs --class-labels LABELS.txt")
+    given = [f for f, v in (("--signature", options.signature), ("--top-k", options.top_k),
+                            ("--classifier-output", options.classifier_output)) if v is not None]
+    if given and not options.class_labels:
+        raise UsageError(f"tf-serving: {', '.join(given)} configure the top-k signature, which needs --class-labels LABELS.txt")
     if not options.class_labels:
         return None
     if not Path(options.class_labels).is_file():

@@ -318,6 +318,9 @@ def _cli(*argv) -> tuple[int, str]:
     (["--allowed-batch-sizes", "4,x"], "not a comma-separated list"),
     (["--version-policy", "newest"], "--version-policy 'newest' is not one of"),
     (["--signature", "classify"], "needs --class-labels"),
+    (["--top-k", "3"], "--top-k configure the top-k signature, which needs --class-labels"),
+    (["--class-labels", "/nonexistent/labels.txt"], "--class-labels file not found"),
+    (["--quantize", "int8"], "--quantize does not apply"),
 ])
 def test_bad_flags_one_line_error_repo_untouched(tmp_path, argv, needle):
     repo = tmp_path / "repo"
@@ -426,3 +429,23 @@ def test_next_free_version_and_new_model_listed(iris_repo):
     assert names == ["iris", "wine"]
     assert sorted(p.name for p in iris_repo.iterdir()) == sorted(
         ["iris", "wine", "examples", "models.config", "batching_parameters.txt", "README.md", "docker-compose.yml"])
+
+
+@pytest.mark.parametrize("name,ok", [("digits", True), ("a.b-c_1", True), ("x" * 128, True), ("x" * 129, False),
+                                     ("-lead", False), ("sp ace", False), ("", False), ("ü", False)])
+def test_model_name_rule(name, ok):
+    from exporter.tf_serving_proto import check_model_name
+
+    if ok:
+        assert check_model_name(name) == name
+    else:
+        with pytest.raises(UsageError, match="cannot be served"):
+            check_model_name(name)
+
+
+@pytest.mark.parametrize("sig", ["serving_default", "top k", "1st", ""])
+def test_extra_signature_name_rule(sig):
+    from exporter.tf_serving_proto import check_signature_name
+
+    with pytest.raises(UsageError, match="not a usable extra signature name"):
+        check_signature_name(sig)
