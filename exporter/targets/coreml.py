@@ -144,7 +144,7 @@ class CoreMLTarget(Target):
         out = dest / f"{ctx.name}_{variant}.{ext}"
         model.save(str(out))
         art = Artifact(out, variant=variant, notes=notes, runtime_options={"batch": 1},
-                       extra={"format": options.format, "deployment_target": deployment_target(options),
+                       extra={"format": options.format, "deployment_target": variant_target(options, variant),
                               "precision": "float16" if variant == "fp16" else "float32"})
         if options.image_input:
             art.runtime_options["image_inputs"] = {options.image_input: {"scale": options.scale,
@@ -159,6 +159,14 @@ def deployment_target(options) -> str:
     if options.deployment_target:
         return options.deployment_target
     return "iOS15" if options.format == "mlprogram" else "iOS14"
+
+
+def variant_target(options, variant: str) -> str:
+    """Compressed weights (constexpr ops) need iOS16 / macOS13: raise the floor for those variants."""
+    dt = deployment_target(options)
+    if variant in ("int8", "palettized") and dt in ("iOS15", "macOS12"):
+        return "iOS16" if dt == "iOS15" else "macOS13"
+    return dt
 
 
 def check_options(signature, options, target: str) -> None:
@@ -243,8 +251,10 @@ def convert(ctx, options, variant: str, target: str):
             dtype = np.int32 if "int" in t.dtype else (np.bool_ if t.dtype == "bool" else np.float32)
             inputs.append(ct.TensorType(name=t.name, shape=shape, dtype=dtype))
     labels = read_labels(sig, options.class_labels, target) if options.class_labels else None
-    kwargs = {"convert_to": options.format, "inputs": inputs,
-              "minimum_deployment_target": getattr(ct.target, deployment_target(options))}
+    dt = variant_target(options, variant)
+    if dt != deployment_target(options):
+        notes.append(f"deployment target raised to {dt}: compressed weights need it")
+    kwargs = {"convert_to": options.format, "inputs": inputs, "minimum_deployment_target": getattr(ct.target, dt)}
     if options.format == "mlprogram":
         kwargs["compute_precision"] = ct.precision.FLOAT16 if variant == "fp16" else ct.precision.FLOAT32
     if labels:

@@ -124,6 +124,10 @@ def load_program(path: str) -> Program:
         if o.op_type == "const":
             program.consts[o.outputs[0].name] = _const(o.outputs[0].val)
             continue
+        if o.op_type.startswith("constexpr_"):  # weight decompression: evaluated once, here
+            args = {k: program.consts[v.name] for k, v in o.inputs.items()}
+            program.consts[o.outputs[0].name] = _round_to(OPS[o.op_type](**args), np_dtype(o.outputs[0]))
+            continue
         ins = {}
         for k, v in o.inputs.items():
             ins[k] = ("refs", [x.name for x in v]) if isinstance(v, (list, tuple)) else ("ref", v.name)
