@@ -138,19 +138,15 @@ def export_repository(model, repo, options: TFServingOptions | None = None, expo
     extra_sig = _extra_signature_name(options)
     created_repo = not repo.exists()
     ensure_writable(repo)
+    tmp = ctx = None
+    published = False
     try:
         version = _choose_version(repo / name, options)
         old_config = read_config(repo / CONFIG_NAME)
-        if batching is None:
-            batching = _current_batching(repo)
+        batching = batching or _current_batching(repo)
         ctx = build_context(model, eopts, say)
-    except BaseException:
-        if created_repo:
-            shutil.rmtree(repo, ignore_errors=True)
-        raise
-    tmp = Path(tempfile.mkdtemp(prefix=".kexport-tf-serving-", dir=repo))
-    try:
         classify = _classify_spec(ctx, options, extra_sig)
+        tmp = Path(tempfile.mkdtemp(prefix=".kexport-tf-serving-", dir=repo))
         result = ExportResult(__version__, {"path": str(model), "sha256": ctx.model_sha256, **ctx.signature.to_json()},
                               versions=versions(), seconds=dict(ctx.timings))
         vdir = tmp / str(version)
@@ -160,29 +156,27 @@ def export_repository(model, repo, options: TFServingOptions | None = None, expo
             say("checking: SavedModel loader, saved_model_cli run, signature defs, warmup replay")
             row.parity = _check_version(ctx, vdir, classify, eopts)
         row.extra.update(bundle="tf-serving", repository=str(repo.resolve()), model_name=name, version=version,
-                         batching=batching.to_json(), version_policy=options.version_policy)
+                         batching=batching.to_json(), version_policy=options.version_policy, published=False)
         result.targets.append(row)
         result.seconds["total"] = round(time.perf_counter() - t0, 3)
         if not result.ok:
-            row.extra["published"] = False
-            say(f"checks failed: {repo} left unchanged")
+            say(f"checks failed: nothing published, {repo} left unchanged")
             return result
-        config = _write_bundle_files(tmp, repo, name, version, vdir, ctx, classify, old_config, policy, batching, options)
-        row.extra["published"] = True
-        row.extra["served_versions"] = config
-        report_dir = vdir.joinpath(*REPORT_DIR)
-        _write_report(result, report_dir, ctx)
+        served = _write_bundle_files(tmp, repo, name, version, ctx, classify, old_config, policy, batching, options)
+        row.extra.update(published=True, served_versions=served)
+        _write_report(result, vdir.joinpath(*REPORT_DIR), ctx)
         _publish(tmp, repo, name, version, options.force)
+        published = True
         result.out_dir = str(repo / name / str(version) / Path(*REPORT_DIR))
         say(f"published {repo / name / str(version)}")
         return result
-    except BaseException:
-        if created_repo and not any((repo / n).exists() for n in (CONFIG_NAME, name)):
-            shutil.rmtree(repo, ignore_errors=True)
-        raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(ctx.workdir, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if ctx is not None:
+            shutil.rmtree(ctx.workdir, ignore_errors=True)
+        if created_repo and not published:  # the repository did not exist before this run
+            shutil.rmtree(repo, ignore_errors=True)
 
 
 def _extra_signature_name(options) -> str | None:
@@ -316,7 +310,7 @@ def _check_version(ctx, vdir: Path, classify, eopts) -> list:
 
 
 # ----------------------------------------------------------------------------- bundle files
-def _write_bundle_files(tmp, repo, name, version, vdir, ctx, classify, old_config, policy, batching, options) -> list:
+def _write_bundle_files(tmp, repo, name, version, ctx, classify, old_config, policy, batching, options) -> list:
     """models.config, batching file, examples, README and compose file for the repository as it
     will be once the new version is in place. Returns the served versions of `name`."""
     from .tf_serving_proto import build_config, config_text, model_versions, served_versions

@@ -419,6 +419,9 @@ def test_failed_run_changes_nothing(iris_repo, tmp_path, monkeypatch):
     assert not r.ok and r.targets[0].extra["published"] is False
     assert [p.runtime for p in r.targets[0].parity if p.status == "failed"] == ["tf-saved-model", "warmup-replay"]
     assert _snapshot(iris_repo) == before
+    fresh = tmp_path / "fresh"
+    r = export_repository(str(SAMPLE_MODELS["iris_keras2"]), fresh, TFServingOptions(), ExportOptions(atol=-1.0, rtol=0.0))
+    assert not r.ok and not fresh.exists()
 
 
 def test_next_free_version_and_new_model_listed(iris_repo):
