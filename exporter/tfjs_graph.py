@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from pathlib import Path
 
 # fused op -> the plain TF op it wraps
@@ -27,6 +28,12 @@ _FUSION_ATTRS = {"fused_ops", "num_args", "epsilon", "leakyrelu_alpha", "TArgs",
                  "filter_format"}
 
 
+def quiet_tensorflowjs() -> None:
+    """tensorflowjs imports tensorflow_decision_forests, whose welcome message imports IPython
+    (not installed) whenever stdout is not a terminal (pytest, CI, pipes)."""
+    os.environ.setdefault("TFDF_DISABLE_WELCOME_MESSAGE", "1")
+
+
 def fused_ops(node: dict) -> list[str]:
     raw = node.get("attr", {}).get("fused_ops", {}).get("list", {}).get("s", [])
     return [base64.b64decode(s).decode() for s in raw]
@@ -34,6 +41,7 @@ def fused_ops(node: dict) -> list[str]:
 
 def unsupported_tf_ops(graph_def) -> list[str]:
     """TF ops in `graph_def` (functions included) that the TF.js converter has no mapping for."""
+    quiet_tensorflowjs()
     from tensorflowjs.converters.tf_saved_model_conversion_v2 import validate
 
     return sorted(validate(graph_def, skip_op_check=False, strip_debug_ops=False))

@@ -222,6 +222,9 @@ def _ordered_inputs(ctx, twin):
 
 
 def write_layers_model(ctx, out: Path, qmap, shard_size: int, target: str) -> tuple[list[str], dict]:
+    from .tfjs_graph import quiet_tensorflowjs
+
+    quiet_tensorflowjs()
     from tensorflowjs.converters.keras_h5_conversion import save_keras_model
 
     twin = build_keras2(ctx, target)

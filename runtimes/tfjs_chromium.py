@@ -245,25 +245,20 @@ class TfjsChromiumSession:
         self.server.unmount(self.base)
 
 
-def timing(path, inputs: dict, *, fmt: str = "graph", output_map=None, repeats: int = 5) -> dict:
-    """Browser launch, model load and single-sample latency in the page, and its backend."""
-    reason = chromium_missing() or TfjsChromium().available()
+def page_info(backend: str = "auto") -> dict:
+    """The backend TF.js picks in the parity page, the browser version and its launch time
+    (report.json `runtime_timing`). Latency is not measured here: a first WebGL run compiles
+    shaders for seconds; the parity row's `seconds` has the real load + predict time."""
+    reason = TfjsChromium().available()
     if reason:
         return {"skipped": reason}
-    one = {k: np.asarray(v)[:1] for k, v in inputs.items()}
     try:
-        s = TfjsChromiumSession(str(path), fmt, "auto", output_map)
-        try:
-            for _ in range(repeats + 1):
-                s.predict(one)
-        finally:
-            s.close()
+        b = browser()
+        _, info, _ = b.page(backend)
     except RuntimeError as e:
         return {"error": str(e)}
-    lat = sorted(s.predict_seconds[1:])
-    return {"backend": s.backend, "chromium": browser().browser.version, "launch_s": browser().launch_seconds,
-            "load_s": round(s.load_seconds, 4), "first_predict_ms": round(s.predict_seconds[0] * 1e3, 3),
-            "predict_ms_median": round(lat[len(lat) // 2] * 1e3, 3)}
+    return {"backend": info["backend"], "tfjs": info["tfjs"], "chromium": b.browser.version,
+            "launch_s": b.launch_seconds}
 
 
 def _one_line(e: BaseException, console: list[str]) -> str:

@@ -141,9 +141,10 @@ class TfjsTarget(Target):
         return art
 
     def _graph(self, ctx, out: Path, qmap, shard_size: int):
-        from tensorflowjs.converters.tf_saved_model_conversion_v2 import convert_tf_saved_model
+        from ..tfjs_graph import quiet_tensorflowjs, repair_model_json
 
-        from ..tfjs_graph import repair_model_json
+        quiet_tensorflowjs()
+        from tensorflowjs.converters.tf_saved_model_conversion_v2 import convert_tf_saved_model
 
         sm_path, applied = ctx.saved_model(rewrite=True)
         try:
@@ -168,13 +169,13 @@ class TfjsTarget(Target):
         return list(applied) + notes, {"format": "graph"}
 
     def _timing(self, art: Artifact, ctx) -> dict:
-        """Node start, load and per-prediction latency, cpu vs wasm, and the browser's backend
-        and latency (report.json `runtime_timing`)."""
+        """Node start, load and per-prediction latency, cpu vs wasm, and the backend the browser
+        page uses (report.json `runtime_timing`)."""
         from runtimes import tfjs_chromium, tfjs_node
 
         kw = dict(fmt=art.runtime_options.get("format", "graph"), output_map=art.runtime_options.get("output_map"))
         out = {f"tfjs-node-{b}": v for b, v in tfjs_node.timing(art.path, ctx.inputs, **kw).items()}
-        out["tfjs-chromium"] = tfjs_chromium.timing(art.path, ctx.inputs, **kw)
+        out["tfjs-chromium"] = tfjs_chromium.page_info()
         return out
 
 
