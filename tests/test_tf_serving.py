@@ -452,3 +452,12 @@ def test_extra_signature_name_rule(sig):
 
     with pytest.raises(UsageError, match="not a usable extra signature name"):
         check_signature_name(sig)
+
+
+def test_saved_model_cli_runtime_refuses_a_non_savedmodel(tmp_path):
+    from runtimes import get_runtime
+
+    rt = get_runtime("tf-saved-model-cli")
+    assert rt.available() is None
+    with pytest.raises(RuntimeError, match="no saved_model.pb"):
+        rt.load(str(tmp_path))
