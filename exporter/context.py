@@ -34,11 +34,17 @@ class ExportContext:
         """
         key = ("fn", rewrite)
         if key not in self._cache:
-            self._cache[key] = _trace(self.model, self.signature, rewrite)
+            other = self._cache.get(("fn", not rewrite))
+            if other is not None and not rewrite and not other[2]:
+                self._cache[key] = other  # no rewrite fired: the rewritten trace is the plain one
+            else:
+                self._cache[key] = _trace(self.model, self.signature, rewrite)
         return self._cache[key]
 
     def saved_model(self, *, rewrite: bool) -> tuple[Path, list[str]]:
         """Write (once) a SavedModel with a `serving_default` signature keyed by Keras names."""
+        # When no rewrite fires, both traces are the same graph: write the SavedModel once.
+        rewrite = rewrite and bool(self.serving_function(rewrite=True)[2])
         key = ("sm", rewrite)
         if key not in self._cache:
             path = self.workdir / ("saved_model_rewritten" if rewrite else "saved_model")
@@ -53,6 +59,7 @@ class ExportContext:
 
         Returns (graph_def, {tensor_name: input_name}, {tensor_name: output_name}).
         """
+        rewrite = rewrite and bool(self.serving_function(rewrite=True)[2])
         key = ("frozen", rewrite)
         if key not in self._cache:
             import tensorflow as tf
