@@ -233,3 +233,14 @@ def test_image_folder_as_calibration_and_eval_data(tmp_path, digits_ctx):
     os.makedirs(tmp_path / "empty")
     with pytest.raises(UsageError, match="no images"):
         load_images(tmp_path / "empty", digits_ctx.model, digits_ctx.signature, "--calibration")
+
+
+def test_cli_usage_errors_exit_2_before_loading_the_model(tmp_path, capsys):
+    from exporter.cli import main
+
+    model = str(SAMPLE_MODELS["digits_cnn"])
+    assert main(["onnx", model, "-o", str(tmp_path), "--quantize", "float16"]) == 2
+    assert "--quantize float16 is not a variant of the chosen targets (onnx: dynamic|int8" in capsys.readouterr().err
+    assert main(["tflite", model, "-o", str(tmp_path), "--quantize", "int8", "--min-agreement", "98"]) == 2
+    assert "--min-agreement=98.0 must lie in [0, 1]" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing written
