@@ -39,6 +39,7 @@ RUNTIMES = ("tf-saved-model", "tf-saved-model-cli")
 REPORT_DIR = ("assets.extra", "kexport")  # inside the version: travels with it, ignored by TF-Serving
 EXAMPLES_DIR = "examples"
 EXAMPLE_ROWS = 2  # rows per example REST body: enough to show the batch structure, short to read
+EXAMPLE_MAX_ROW_VALUES = 50_000  # above this (e.g. a 224x224x3 image, ~3 MB of JSON) one row only
 
 
 @dataclass(frozen=True)
@@ -321,9 +322,11 @@ def _write_bundle_files(tmp, repo, name, version, ctx, classify, old_config, pol
     (tmp / BATCHING_NAME).write_text(batching.to_text())
     examples = tmp / EXAMPLES_DIR / name
     examples.mkdir(parents=True)
-    rows = {k: v[:EXAMPLE_ROWS] for k, v in ctx.inputs.items()}
+    per_row = sum(int(np.prod(v.shape[1:])) for v in ctx.inputs.values())
+    n = min(len(next(iter(ctx.inputs.values()))), 1 if per_row > EXAMPLE_MAX_ROW_VALUES else EXAMPLE_ROWS)
+    rows = {k: v[:n] for k, v in ctx.inputs.items()}
     bodies = {"predict_rows.json": {"signature_name": "serving_default",
-                                    "instances": [{k: v[i].tolist() for k, v in rows.items()} for i in range(EXAMPLE_ROWS)]},
+                                    "instances": [{k: v[i].tolist() for k, v in rows.items()} for i in range(n)]},
               "predict_columns.json": {"signature_name": "serving_default", "inputs": {k: v.tolist() for k, v in rows.items()}}}
     if classify:
         bodies[f"{classify['signature']}_rows.json"] = dict(bodies["predict_rows.json"], signature_name=classify["signature"])
