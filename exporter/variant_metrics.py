@@ -55,7 +55,8 @@ def measure_variants(target, ctx, options, produced, tmp: Path, say=lambda s: No
         m["accuracy"] = acc
         if acc is not None and keras_acc is not None:
             m["accuracy_delta"] = round(acc - keras_acc, 6)
-    _latency(runtime, base_row, [(r, a) for r, a in ok if not ({"metrics_skipped", "metrics_error"} & set(r.extra))], ev, say)
+    runnable = [(r, a) for r, a in ok if not ({"metrics_skipped", "metrics_error"} & set(r.extra))]
+    _latency(runtime, base_row, runnable, ev, say)
     for row, art in ok:
         if row is not base_row:
             apply_gate(row, options, tmp, art)
@@ -187,9 +188,8 @@ def format_variants(result) -> list[str]:
         m = t.extra
         if "size_ratio" not in m:
             continue
-        acc = m.get("accuracy")
         rows.append((t.target, t.variant, f(m.get("size_ratio"), ".3f"), f(m.get("top1_agreement"), ".4f"),
-                     f(acc, ".4f") if not isinstance(acc, dict) else "see json",
+                     f(m.get("accuracy"), ".4f"),
                      f(m.get("accuracy_delta"), "+.2f", 100.0) + ("pt" if m.get("accuracy_delta") is not None else ""),
                      f(m.get("latency_ms"), ".3f"), f(m.get("latency_ratio"), ".2f"),
                      (m.get("gate") or {}).get("status", "baseline")))
