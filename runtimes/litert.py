@@ -32,6 +32,10 @@ class LiteRTSession:
             self.interp = Interpreter(model_path=path, num_threads=num_threads)
         except (RuntimeError, ValueError) as e:
             raise RuntimeError(f"{path}: LiteRT cannot load the model: {str(e).splitlines()[0]}") from e
+        try:  # fail at load, not at the first call, for ops this interpreter lacks (Flex)
+            self.interp.allocate_tensors()
+        except RuntimeError as e:
+            raise RuntimeError(f"{path}: LiteRT cannot prepare the model: {' '.join(str(e).split())[:400]}") from e
         sigs = self.interp.get_signature_list()
         if "serving_default" not in sigs:
             raise RuntimeError(f"{path}: no 'serving_default' signature (found {list(sigs)})")
