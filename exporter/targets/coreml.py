@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConversionError, UnsupportedError, UsageError
-from .base import FP32, Artifact, Target, Tolerance, register_target
+from .base import Artifact, Target, Tolerance, register_target
 from .tflite import first_line
 
 IOS_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
@@ -30,23 +30,25 @@ QUANTIZE = ("float16", "int8", "palettize")
 VARIANT_OF = {"float16": "fp16", "int8": "int8", "palettize": "palettized"}
 COLOR_LAYOUTS = ("RGB", "BGR", "GRAYSCALE")
 
-# fp16 programs store every intermediate tensor in half precision (11-bit mantissa, relative
-# rounding 4.9e-4 per op). Measured on the sample models and MobileNetV2/ResNet50 (random weights,
-# calibrated BatchNorm, docs/coreml.md): worst max|err| / max|keras| = 4.6e-3 over 50..170 layers.
-# 2e-2 of the output scale leaves ~4x margin; top-1 agreement >= 0.99 catches a real regression.
-FP16 = Tolerance(atol=1e-3, rtol=2e-2, min_top1=0.99)
+# The bound for fp32 ML Programs: |err| <= 1e-4 * max|keras| + 1e-6 (fp32 kernels differ
+# from TensorFlow's only in summation order).
+FP32 = Tolerance(atol=1e-6, rtol=1e-4)
+# fp16 programs store every tensor in half precision (relative rounding 4.9e-4 per op). Measured
+# (docs/coreml.md, random weights with calibrated BatchNorm): max|err| / max|keras| from 2.3e-4
+# (sample models) to 1.8e-2 (MobileNetV2) and 4.1e-2 (InceptionV3, whose softmax saturates: a
+# logit error e moves p by p(1-p)e). 5e-2 of the output scale plus 1e-3 (two fp16 steps near 1.0)
+# bounds those; top-1 agreement >= 0.99 is the regression check that matters for a classifier.
+FP16 = Tolerance(atol=1e-3, rtol=5e-2, min_top1=0.99)
 # 8-bit linear weights (per-channel) and 6-bit palettes change the weights themselves: the error
 # is that of the model with rounded weights, measured up to ~6e-2 of the output scale.
 INT8 = Tolerance(atol=1e-2, rtol=1e-1, min_top1=0.9)
 PALETTIZED = Tolerance(atol=2e-2, rtol=2e-1, min_top1=0.9)
 # Ops that coremltools lists as convertible but crashes on for Keras 3 graphs.
-BROKEN_TF_OPS = {
-    "StatelessWhile": "coremltools 9 crashes (IndexError) on the loop an RNN lowers to when its "
-                      "sequence length is not fixed; give the Input a fixed length so kexport unrolls it",
-    "While": "same as StatelessWhile",
-}
+_LOOP = ("coremltools 9 crashes (IndexError) on the loop a recurrent layer lowers to when its sequence "
+         "length is not fixed; give the Input a fixed length so kexport unrolls it")
+BROKEN_TF_OPS = {"StatelessWhile": _LOOP, "While": _LOOP}
 _STRUCTURAL = {"Placeholder", "Const", "Identity", "IdentityN", "NoOp", "ReadVariableOp", "VarHandleOp",
-               "StatefulPartitionedCall", "PartitionedCall", "_Arg", "_Retval"}
+               "StatefulPartitionedCall", "PartitionedCall", "_Arg", "_Retval", "AssignVariableOp"}
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,8 @@ class CoreMLTarget(Target):
         from coremltools.converters.mil.frontend.tensorflow.tf_op_registry import _TF_OPS_REGISTRY
 
         check_options(ctx.signature, options, self.name)
-        graph_def, _, _ = ctx.frozen_graph(rewrite=True)
+        # the graph coremltools converts: the traced function (its loops stay StatelessWhile)
+        graph_def = ctx.serving_function(rewrite=True)[0].graph.as_graph_def()
         ops_used = {n.op for n in graph_def.node} | {n.op for f in graph_def.library.function for n in f.node_def}
         problems = []
         for op in sorted(ops_used - _STRUCTURAL):
@@ -280,6 +283,8 @@ def _rename_outputs(mlmodel, concrete, sig, target):
     spec = mlmodel.get_spec()
     graph_names = [t.name.split(":")[0] for t in concrete.outputs]
     mapping = dict(zip(graph_names, sorted(sig.output_names)))
+    if spec.description.predictedFeatureName:  # classifier: probabilities come out as "<label>_probs"
+        mapping[spec.description.predictedProbabilitiesName] = sig.output_names[0]
     have = [o.name for o in spec.description.output]
     for old in have:
         if old in mapping and old != mapping[old]:

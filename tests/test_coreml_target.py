@@ -1,0 +1,301 @@
+"""The CoreML target end to end, verified by coreml-reference: fp32 strict parity on every sample
+model, the recurrent/attention layers and MobileNetV2/ResNet50; fp16 and compressed variants;
+image inputs, classifiers, metadata, deployment targets, the legacy format, and bad input.
+
+Conversions are the slow part (3..60 s each): each model is converted once per variant.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import SAMPLE_MODELS
+from exporter.api import build_context
+from exporter.errors import UsageError
+from exporter.options import ExportOptions
+from exporter.parity import check_artifact
+from exporter.targets import get_target
+from exporter.targets.coreml import FP32, CoreMLOptions
+
+pytest.importorskip("coremltools")
+TARGET = get_target("coreml")
+REF = "coreml-reference"
+
+
+def export_and_check(ctx, variant="fp32", tmp=None, **opts):
+    options = CoreMLOptions(precision="float32" if variant == "fp32" else "float16", **opts)
+    art = TARGET.export(ctx, Path(tmp or tempfile.mkdtemp(prefix="kexport-coreml-test-")), options, variant)
+    row = check_artifact(art, [REF], ctx.inputs, ctx.outputs, TARGET.tolerance_for(variant, options))[0]
+    return art, row
+
+
+def spec_of(path):
+    import coremltools as ct
+
+    return ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+
+
+def save(model, tmp_path_factory, name):
+    path = tmp_path_factory.mktemp("coreml-models") / f"{name}.keras"
+    model.save(path)
+    return path
+
+
+# ---- fp32: strict parity ------------------------------------------------------------------------
+
+def test_fp32_tolerance_is_the_issue_bound():
+    assert (FP32.atol, FP32.rtol) == (1e-6, 1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLE_MODELS))
+def test_fp32_sample_models(name):
+    ctx = build_context(SAMPLE_MODELS[name], ExportOptions())
+    art, row = export_and_check(ctx, "fp32")
+    assert row.status == "passed", row.reason
+    assert row.max_rel_err <= 1e-4
+    spec = spec_of(art.path)
+    assert [i.name for i in spec.description.input] == ctx.signature.input_names
+    assert sorted(o.name for o in spec.description.output) == sorted(ctx.signature.output_names)
+
+
+@pytest.fixture(scope="module")
+def sequence_ctx(tmp_path_factory):
+    """Embedding, LayerNormalization, MultiHeadAttention, exact GELU, GRU and LSTM in one model."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((12,), dtype="int32", name="tokens")
+    h = keras.layers.Embedding(30, 16)(inp)
+    h = keras.layers.LayerNormalization()(h)
+    h = keras.layers.Add()([h, keras.layers.MultiHeadAttention(2, 8)(h, h)])
+    h = keras.layers.Dense(16, activation="gelu")(h)  # exact GELU -> Erfc in TF
+    h = keras.layers.GRU(8, return_sequences=True)(h)
+    out = keras.layers.Dense(3, activation="softmax", name="probs")(keras.layers.LSTM(8)(h))
+    path = save(keras.Model(inp, out), tmp_path_factory, "sequence")
+    return build_context(path, ExportOptions())
+
+
+def test_recurrent_attention_model_fp32_and_rewrites(sequence_ctx):
+    art, row = export_and_check(sequence_ctx, "fp32")
+    assert row.status == "passed", row.reason
+    notes = " | ".join(art.notes)
+    for what in ("GRU", "LSTM", "exact GELU"):
+        assert what in notes, notes
+
+
+# ---- keras.applications, random weights with calibrated BatchNorm ------------------------------
+
+@pytest.fixture(scope="module")
+def app_ctx(tmp_path_factory):
+    from exporter.calibrate import application
+
+    cache = {}
+
+    def get(name, size):
+        if name not in cache:
+            path = save(application(name, (size, size, 3), seed=1), tmp_path_factory, name)
+            cache[name] = build_context(path, ExportOptions(samples=2))
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.slow
+def test_mobilenetv2_fp32_and_fp16(app_ctx):
+    ctx = app_ctx("MobileNetV2", 224)
+    _, row = export_and_check(ctx, "fp32")
+    assert row.status == "passed", row.reason  # not "uninformative": calibrated BatchNorm
+    _, row16 = export_and_check(ctx, "fp16")
+    assert row16.status == "passed", row16.reason
+    assert row16.top1_agreement == 1.0
+    assert row16.max_rel_err > 10 * row.max_rel_err  # the fp16 program really computes in fp16
+
+
+@pytest.mark.slow
+def test_resnet50_fp32(app_ctx):
+    _, row = export_and_check(app_ctx("ResNet50", 128), "fp32")
+    assert row.status == "passed", row.reason
+
+
+# ---- variants -----------------------------------------------------------------------------------
+
+def test_default_variant_is_fp16_ios15(digits_ctx):
+    opts = CoreMLOptions()
+    assert TARGET.variants(opts) == ["fp16"]
+    assert TARGET.variants(CoreMLOptions(quantize="all")) == ["fp16", "int8", "palettized"]
+    assert TARGET.variants(CoreMLOptions(precision="float32", quantize="int8,float16")) == ["fp32", "fp16", "int8"]
+    art, row = export_and_check(digits_ctx, "fp16")
+    assert row.status == "passed" and row.top1_agreement >= 0.99, row.reason
+    assert art.path.suffix == ".mlpackage"
+    assert spec_of(art.path).specificationVersion == 6  # iOS15
+
+
+@pytest.mark.parametrize("variant", ["int8", "palettized"])
+def test_compressed_variants(digits_ctx, variant, tmp_path):
+    art, row = export_and_check(digits_ctx, variant, tmp_path / variant)
+    assert row.status == "passed", row.reason
+    assert row.max_rel_err > 0
+    assert "deployment target raised to iOS16" in " ".join(art.notes)
+    weights = sum(f.stat().st_size for f in art.path.rglob("*.bin"))
+    fp32, _ = export_and_check(digits_ctx, "fp32", tmp_path / "fp32")
+    assert weights < 0.5 * sum(f.stat().st_size for f in fp32.path.rglob("*.bin"))
+
+
+# ---- image inputs, classifier, metadata, deployment target -------------------------------------
+
+@pytest.fixture(scope="module")
+def rgb_ctx(tmp_path_factory):
+    import keras
+
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((10, 10, 3), name="photo")
+    h = keras.layers.Conv2D(6, 3, activation="relu")(inp)
+    out = keras.layers.Dense(4, activation="softmax", name="kind")(keras.layers.GlobalAveragePooling2D()(h))
+    return build_context(save(keras.Model(inp, out), tmp_path_factory, "rgb"), ExportOptions())
+
+
+def test_image_input_bgr_with_per_channel_bias(rgb_ctx):
+    opts = dict(image_input="photo", scale=1 / 255, bias=(0.1, -0.2, 0.3), color_layout="BGR")
+    art, row = export_and_check(rgb_ctx, "fp32", **opts)
+    assert row.status == "passed", row.reason
+    image = spec_of(art.path).description.input[0].type.imageType
+    assert (image.width, image.height, image.colorSpace) == (10, 10, 30)  # 30 = BGR
+    # the check can fail: feeding pixels made with the bias in the wrong order breaks parity
+    art.runtime_options["image_inputs"]["photo"]["bias"] = [0.3, -0.2, 0.1]
+    bad = check_artifact(art, [REF], rgb_ctx.inputs, rgb_ctx.outputs, FP32)[0]
+    assert bad.status == "failed"
+
+
+def test_grayscale_image_classifier_with_metadata(digits_ctx, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"digit {i}" for i in range(10)) + "\n")
+    art, row = export_and_check(digits_ctx, "fp32", image_input="pixels", scale=1 / 16, color_layout="GRAYSCALE",
+                                class_labels=str(labels), author="Ada", license="MIT",
+                                short_description="8x8 digits", model_version="1.2", deployment_target="iOS17")
+    assert row.status == "passed", row.reason  # the session also checks classLabel == argmax
+    spec = spec_of(art.path)
+    assert spec.specificationVersion == 8  # iOS17
+    assert spec.description.predictedFeatureName == "classLabel"
+    assert spec.description.input[0].type.imageType.colorSpace == 10  # GRAYSCALE
+    md = spec.description.metadata
+    assert (md.author, md.license, md.shortDescription, md.versionString) == ("Ada", "MIT", "8x8 digits", "1.2")
+    assert md.userDefined["kexport.keras_inputs"] == "pixels"
+    assert md.userDefined["kexport.keras_outputs"] == "digit"
+
+
+def test_cli_flags_reach_the_artifact(tmp_path, capsys):
+    import json
+
+    from exporter.cli import main
+
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join("abcdefghij") + "\n")
+    out = tmp_path / "out"
+    code = main(["coreml", str(SAMPLE_MODELS["digits_cnn"]), "-o", str(out), "--precision", "float32",
+                 "--class-labels", str(labels), "--author", "Bob", "--deployment-target", "macOS14", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0, report
+    row = report["targets"][0]
+    assert row["variant"] == "fp32" and row["deployment_target"] == "macOS14" and row["seconds"] > 0
+    assert {p["runtime"]: p["status"] for p in row["parity"]}[REF] == "passed"
+    spec = spec_of(out / row["artifact"])
+    assert spec.description.metadata.author == "Bob" and spec.description.predictedFeatureName == "classLabel"
+
+
+def test_neuralnetwork_format_is_converted_and_reported_skipped(digits_ctx):
+    art, row = export_and_check(digits_ctx, "fp32", format="neuralnetwork")
+    assert art.path.suffix == ".mlmodel"
+    assert spec_of(art.path).WhichOneof("Type") == "neuralNetwork"
+    assert row.status == "skipped" and "ML Programs only" in row.reason
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("opts,needles", [
+    (dict(image_input="nope"), ["'nope' names no model input", "pixels"]),
+    (dict(image_input="pixels", color_layout="RGB"), ["no axis of 3 channels", "RGB"]),
+    (dict(deployment_target="iOS14"), ["too old for an ML Program", "--format neuralnetwork"]),
+    (dict(format="neuralnetwork", deployment_target="iOS17"), ["neuralnetwork is for"]),
+])
+def test_bad_options_are_one_clear_error(digits_ctx, opts, needles):
+    with pytest.raises(UsageError) as e:
+        TARGET.preflight(digits_ctx, CoreMLOptions(**opts))
+    msg = str(e.value)
+    assert "\n" not in msg and "coreml" in msg
+    for n in needles:
+        assert n in msg, msg
+
+
+def test_image_input_on_a_non_image_model(tmp_path):
+    ctx = build_context(SAMPLE_MODELS["wine_mlp"], ExportOptions())
+    with pytest.raises(UsageError, match="not an image"):
+        TARGET.preflight(ctx, CoreMLOptions(image_input=ctx.signature.input_names[0]))
+
+
+def test_labels_file_with_wrong_line_count_leaves_nothing_behind(tmp_path):
+    import exporter
+
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\n")
+    out = tmp_path / "out"
+    opts = ExportOptions(target_options={"coreml": CoreMLOptions(class_labels=str(labels))})
+    result = exporter.export(str(SAMPLE_MODELS["digits_cnn"]), ["coreml"], out, options=opts)
+    row = result.targets[0]
+    assert row.status == "unsupported"
+    assert "labels.txt: 2 labels but output 'digit' has 10 classes" in row.error
+    assert not (out / "coreml").exists() and not list(out.glob(".kexport-coreml-*"))
+
+
+def test_preflight_lists_every_unsupported_op_at_once(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from exporter.context import ExportContext
+    from exporter.loader import signature_of
+
+    class Odd(keras.layers.Layer):
+        def call(self, x):
+            return tf.math.erfinv(tf.tanh(x)) + tf.math.lgamma(x * x + 1.0)
+
+    inp = keras.Input((4,), name="x")
+    model = keras.Model(inp, keras.layers.Dense(2, name="y")(Odd()(inp)))
+    ctx = ExportContext(model, tmp_path / "odd.keras", "0" * 64, signature_of(model), {}, {})
+    problems = TARGET.preflight(ctx, CoreMLOptions())
+    assert problems == ["TF op Erfinv", "TF op Lgamma"]
+
+
+def test_free_length_rnn_is_reported_with_the_reason(tmp_path):
+    import keras
+
+    from exporter.context import ExportContext
+    from exporter.loader import signature_of
+
+    inp = keras.Input((None, 3), name="seq")
+    model = keras.Model(inp, keras.layers.Dense(1, name="y")(keras.layers.GRU(4)(inp)))
+    ctx = ExportContext(model, tmp_path / "rnn.keras", "0" * 64, signature_of(model), {}, {})
+    problems = TARGET.preflight(ctx, CoreMLOptions())
+    assert any("While" in p and "fixed length" in p for p in problems), problems
+
+
+def test_unknown_op_gives_a_skipped_row_naming_it(digits_ctx, monkeypatch):
+    from runtimes.coreml_reference import OPS
+
+    art, _ = export_and_check(digits_ctx, "fp32")
+    monkeypatch.delitem(OPS, "softmax")
+    row = check_artifact(art, [REF], digits_ctx.inputs, digits_ctx.outputs, FP32)[0]
+    assert row.status == "skipped" and "softmax" in row.reason, row
+
+
+def test_native_runtime_is_skipped_off_macos_with_its_reason(digits_ctx):
+    import platform
+
+    art, _ = export_and_check(digits_ctx, "fp32")
+    row = check_artifact(art, ["coreml"], digits_ctx.inputs, digits_ctx.outputs, FP32)[0]
+    if platform.system() != "Darwin":
+        assert row.status == "skipped" and "only on macOS" in row.reason
+    else:
+        assert row.status == "passed", row.reason
