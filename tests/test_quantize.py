@@ -94,20 +94,31 @@ def test_reported_accuracy_is_what_the_runtime_computes(digits_quantized, digits
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
 
 
-def test_int8_io_without_labels(tmp_path, digits_data_files):
-    """--int8-io gives int8 input/output tensors that LiteRT's session (de)quantizes; without
-    --eval the metrics use the reference inputs and accuracy is unknown (null), never invented."""
+def test_int8_io_image_folder_calibration_without_labels(tmp_path, digits_data_files):
+    """--int8-io gives int8 input/output tensors that LiteRT's session (de)quantizes; a folder of
+    images calibrates; without --eval the metrics use the reference inputs (here: the calibration
+    images) and accuracy is unknown (null), never invented."""
+    from PIL import Image
+
     import exporter
     from exporter.targets.tflite import TFLiteOptions
 
-    cal, _ = digits_data_files
-    opts = ExportOptions(calibration=str(cal), target_options={"tflite": TFLiteOptions(quantize="int8", int8_io=True)},
+    with np.load(digits_data_files[0]) as z:
+        pixels = z["pixels"][:64]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, img in enumerate(pixels):
+        Image.fromarray(np.round(img[..., 0] * 255).astype(np.uint8)).save(folder / f"{i:03d}.png")
+    opts = ExportOptions(calibration=str(folder), target_options={"tflite": TFLiteOptions(quantize="int8", int8_io=True)},
                          quantize="int8")
     result = exporter.export(str(SAMPLE_MODELS["digits_cnn"]), ["tflite"], tmp_path, options=opts)
     row = next(t for t in result.to_json()["targets"] if t["variant"] == "int8")
     assert row["int8_io"] is True
     assert row["parity"][0]["status"] == "passed", row["parity"]
-    assert row["metrics_data"]["source"] == "calibration"  # reference inputs = calibration samples
+    # reference inputs = the first 32 images (EVAL_REFERENCE_SAMPLES), read back to [0, 1]
+    assert row["metrics_data"] == {"source": "calibration", "samples": 32}
+    assert np.allclose(np.load(tmp_path / "reference" / "inputs.npz")["pixels"], pixels[:32], atol=0.5 / 255)
+    assert f"calibrated on 64 samples of {folder}" in row["notes"]
     assert row["accuracy"] is None and row["accuracy_delta"] is None and row["keras_accuracy"] is None
     assert "accuracy unknown" in row["gate"]["reason"]
     from ai_edge_litert.interpreter import Interpreter
