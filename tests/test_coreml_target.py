@@ -206,6 +206,22 @@ def test_cli_flags_reach_the_artifact(tmp_path, capsys):
     assert spec.description.metadata.author == "Bob" and spec.description.predictedFeatureName == "classLabel"
 
 
+def test_flags_parse_into_options():
+    from exporter.cli import build_parser
+
+    for command in ("coreml", "all"):
+        args = build_parser().parse_args([command, "m.keras", "--format", "neuralnetwork", "--deployment-target", "iOS14",
+                                          "--precision", "float32", "--image-input", "img", "--scale", "0.5",
+                                          "--bias", "1,2,3", "--color-layout", "BGR", "--license", "MIT",
+                                          "--short-description", "d", "--model-version", "3"])
+        opts = TARGET.options_from_args(args)
+        assert (opts.format, opts.deployment_target, opts.precision) == ("neuralnetwork", "iOS14", "float32")
+        assert (opts.image_input, opts.scale, opts.bias, opts.color_layout) == ("img", 0.5, (1.0, 2.0, 3.0), "BGR")
+        assert (opts.license, opts.short_description, opts.model_version) == ("MIT", "d", "3")
+    with pytest.raises(UsageError, match="--bias"):
+        TARGET.options_from_args(build_parser().parse_args(["coreml", "m.keras", "--bias", "1,x"]))
+
+
 def test_neuralnetwork_format_is_converted_and_reported_skipped(digits_ctx):
     art, row = export_and_check(digits_ctx, "fp32", format="neuralnetwork")
     assert art.path.suffix == ".mlmodel"

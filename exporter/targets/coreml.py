@@ -81,8 +81,9 @@ class CoreMLTarget(Target):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--format", choices=("mlprogram", "neuralnetwork"), default="mlprogram",
-                            help="mlprogram (.mlpackage, iOS15+, default) or neuralnetwork (.mlmodel, iOS14 and older)")
+        # own dest: `kexport all` merges every target's flags and tfjs has a --format of its own
+        parser.add_argument("--format", dest="coreml_format", choices=("mlprogram", "neuralnetwork"),
+                            default="mlprogram", help="mlprogram (.mlpackage, iOS15+, default) or neuralnetwork (.mlmodel, iOS14 and older)")
         parser.add_argument("--deployment-target", choices=IOS_TARGETS + NN_TARGETS,
                             help="minimum OS (default iOS15 for mlprogram, iOS14 for neuralnetwork)")
         parser.add_argument("--precision", choices=("float16", "float32"), default="float16",
@@ -106,7 +107,7 @@ class CoreMLTarget(Target):
         except ValueError as e:
             raise UsageError(f"--bias={g('bias')!r}: expected a number or 'r,g,b' numbers") from e
         return CoreMLOptions(
-            format=g("format") or "mlprogram", deployment_target=g("deployment_target"),
+            format=g("coreml_format") or "mlprogram", deployment_target=g("deployment_target"),
             precision=g("precision") or "float16", quantize=g("quantize"), image_input=g("image_input"),
             scale=g("scale", 1.0) if g("scale") is not None else 1.0, bias=bias,
             color_layout=g("color_layout") or "RGB", class_labels=g("class_labels"), author=g("author"),
