@@ -44,7 +44,8 @@ class ExportContext:
     def saved_model(self, *, rewrite: bool) -> tuple[Path, list[str]]:
         """Write (once) a SavedModel with a `serving_default` signature keyed by Keras names."""
         # When no rewrite fires, both traces are the same graph: write the SavedModel once.
-        rewrite = rewrite and bool(self.serving_function(rewrite=True)[2])
+        fired = self.serving_function(rewrite=True)[2]  # trace once; reused when nothing fires
+        rewrite = rewrite and bool(fired)
         key = ("sm", rewrite)
         if key not in self._cache:
             path = self.workdir / ("saved_model_rewritten" if rewrite else "saved_model")
@@ -59,7 +60,8 @@ class ExportContext:
 
         Returns (graph_def, {tensor_name: input_name}, {tensor_name: output_name}).
         """
-        rewrite = rewrite and bool(self.serving_function(rewrite=True)[2])
+        fired = self.serving_function(rewrite=True)[2]  # trace once; reused when nothing fires
+        rewrite = rewrite and bool(fired)
         key = ("frozen", rewrite)
         if key not in self._cache:
             import tensorflow as tf

@@ -118,6 +118,8 @@ def format_table(result: ExportResult) -> str:
     for t in result.targets:
         if t.error:
             notes.append(f"  {t.target}/{t.variant}: {t.error}")
+        for n in t.notes:
+            notes.append(f"  {t.target}/{t.variant}: {n}")
         for p in t.parity:
             if p.reason:
                 notes.append(f"  {t.target}/{t.variant} [{p.runtime}] {p.status}: {p.reason}")

@@ -187,3 +187,29 @@ def test_bad_flag_is_one_line_usage_error(capsys):
     code, _, err = run(capsys, "tflite", SAMPLE_MODELS["wine_mlp"], "--frobnicate")
     assert code == 2
     assert_one_line_error(err, "--frobnicate")
+
+
+def test_model_loaded_and_traced_once_for_several_targets(capsys, tmp_path, monkeypatch):
+    import exporter.context as context
+    import exporter.loader as loader
+
+    calls = {"load": 0, "trace": 0}
+    real_load, real_trace = loader.load_model, context._trace
+
+    def counting_load(*a, **k):
+        calls["load"] += 1
+        return real_load(*a, **k)
+
+    def counting_trace(*a, **k):
+        calls["trace"] += 1
+        return real_trace(*a, **k)
+
+    monkeypatch.setattr(loader, "load_model", counting_load)
+    monkeypatch.setattr(context, "_trace", counting_trace)
+    import exporter
+
+    result = exporter.export(str(SAMPLE_MODELS["iris_keras2"]), ["saved-model", "tflite", "onnx"], tmp_path)
+    assert result.exit_code == 0
+    assert calls == {"load": 1, "trace": 1}  # no rewrite fires on this model: one trace serves all
+    assert set(result.seconds) >= {"load_model", "keras_reference", "total"}
+    assert all(t.seconds is not None for t in result.targets)

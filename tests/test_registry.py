@@ -32,7 +32,9 @@ def test_every_runtime_named_by_a_target_exists():
 
 
 def test_every_runtime_verifies_some_target_or_is_the_reference():
-    used = {rt for t in all_targets().values() for rt in t.runtimes} | {"keras"}
+    from exporter import tf_serving
+
+    used = {rt for t in all_targets().values() for rt in t.runtimes} | {"keras"} | set(tf_serving.RUNTIMES)
     assert set(all_runtimes()) <= used, f"runtimes no target uses: {set(all_runtimes()) - used}"
 
 
