@@ -66,21 +66,9 @@ def versions() -> dict:
 
 def load_inputs(path, signature) -> dict[str, np.ndarray]:
     """User reference inputs from an .npz with arrays named after the model inputs."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{path}: cannot read --inputs as .npz ({e})") from e
-    missing = [n for n in signature.input_names if n not in data]
-    if missing:
-        raise UsageError(f"{path}: --inputs lacks arrays {missing}; it has {sorted(data)} (name them after the model inputs)")
-    out = {}
-    for t in signature.inputs:
-        a = data[t.name]
-        if a.ndim != len(t.shape) or any(d is not None and d != s for d, s in zip(t.shape[1:], a.shape[1:])):
-            raise UsageError(f"{path}: input '{t.name}' has shape {a.shape}, the model expects {t.shape}")
-        out[t.name] = a.astype(t.dtype)
-    return out
+    from .quantize import load_npz
+
+    return load_npz(path, signature, "--inputs")[0]
 
 
 def build_context(model_path, options: ExportOptions, progress: Progress | None = None):

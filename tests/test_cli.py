@@ -213,3 +213,20 @@ def test_model_loaded_and_traced_once_for_several_targets(capsys, tmp_path, monk
     assert calls == {"load": 1, "trace": 1}  # no rewrite fires on this model: one trace serves all
     assert set(result.seconds) >= {"load_model", "keras_reference", "total"}
     assert all(t.seconds is not None for t in result.targets)
+
+
+def test_user_inputs_are_the_reference(capsys, tmp_path):
+    import numpy as np
+
+    data = tmp_path / "mine.npz"
+    x = np.random.default_rng(5).normal(5.0, 1.0, size=(6, 4)).astype(np.float32)
+    np.savez(data, measurements=x)
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "onnx", SAMPLE_MODELS["iris_keras2"], "-o", out, "--inputs", data)
+    assert code == 0, err
+    with np.load(out / "reference" / "inputs.npz") as z:
+        np.testing.assert_array_equal(z["measurements"], x)
+    np.savez(data, wrong_name=x)
+    code, _, err = run(capsys, "onnx", SAMPLE_MODELS["iris_keras2"], "-o", out, "--inputs", data)
+    assert code == 2
+    assert_one_line_error(err, "mine.npz", "measurements")
