@@ -159,7 +159,7 @@ def _example(spec: AppSpec):
 
     def first(t):
         a = spec.inputs[t.name][:1]
-        return np.round(a, 4).tolist() if a.dtype.kind == "f" else a.tolist()
+        return np.round(a.astype(np.float64), 3).tolist() if a.dtype.kind == "f" else a.tolist()
 
     if len(sig.inputs) == 1:
         rows = {"instances": first(sig.inputs[0])}
