@@ -216,7 +216,7 @@ def cmd_doctor(args) -> int:
     print("runtimes:")
     for name, rt in all_runtimes().items():
         reason = rt.available()
-        print(f"  {name:16} " + ("ok" if not reason else f"unavailable: {reason}" + (f" -> {rt.install_hint}" if rt.install_hint else "")))
+        print(f"  {name:18} " + ("ok" if not reason else f"unavailable: {reason}" + (f" -> {rt.install_hint}" if rt.install_hint else "")))
     return EXIT_OK
 
 
