@@ -24,6 +24,8 @@ _BASE_OP = {"_FusedMatMul": "MatMul", "_FusedConv2D": "Conv2D",
 # activations TF.js implements inside fused kernels, with the standalone op used when unfusing
 _ACTIVATIONS = {"Relu": "Relu", "Relu6": "Relu6", "Elu": "Elu", "Sigmoid": "Sigmoid", "Tanh": "Tanh",
                 "LeakyRelu": "LeakyRelu", "Prelu": "Prelu"}
+# Variable plumbing of a traced function: freezing turns it into constants before TF.js sees it.
+STRUCTURAL_OPS = {"ReadVariableOp", "VarHandleOp", "AssignVariableOp", "_Arg", "_Retval", "NoOp"}
 _FUSION_ATTRS = {"fused_ops", "num_args", "epsilon", "leakyrelu_alpha", "TArgs", "num_host_args",
                  "filter_format"}
 

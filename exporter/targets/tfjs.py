@@ -107,10 +107,14 @@ class TfjsTarget(Target):
             from ..tfjs_layers import layers_problems
 
             return layers_problems(ctx.model)
-        from ..tfjs_graph import unsupported_tf_ops
+        from ..tfjs_graph import STRUCTURAL_OPS, unsupported_tf_ops
 
-        graph_def, _, _ = ctx.frozen_graph(rewrite=True)
-        return [f"TF op {op}" for op in unsupported_tf_ops(graph_def)]
+        # The traced (rewritten) function, not the frozen graph: freezing means writing and
+        # reloading a SavedModel, which the converter does again anyway. Variable reads are the
+        # only ops freezing removes.
+        concrete, _, _ = ctx.serving_function(rewrite=True)
+        ops = unsupported_tf_ops(concrete.graph.as_graph_def())
+        return [f"TF op {op}" for op in ops if op not in STRUCTURAL_OPS]
 
     def export(self, ctx, dest: Path, options, variant: str) -> Artifact:
         out = dest / variant
