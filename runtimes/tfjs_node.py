@@ -37,7 +37,7 @@ def node_missing() -> str | None:
         return "node is not on PATH; " + INSTALL_HINT
     for pkg in ("tfjs", "tfjs-backend-wasm"):
         if not (RUNNER_DIR / "node_modules" / "@tensorflow" / pkg / "package.json").exists():
-            return f"npm package @tensorflow/{pkg} is not installed in {RUNNER_DIR}; run `make node-deps`"
+            return f"npm package @tensorflow/{pkg} is not installed in {RUNNER_DIR}; run `make node-deps` (or `npm ci` in that folder)"
     return None
 
 
