@@ -271,6 +271,41 @@ def test_nonvector_bias_is_unfused_and_vector_bias_kept():
     assert len(notes) == 2
 
 
+@pytest.fixture(scope="module")
+def squeeze_excite(tmp_path_factory):
+    """The MobileNetV3 pattern: a 1x1 conv + hard_sigmoid (relu6(x + 3) / 6). The converter fuses
+    the `+ 3` into the conv as a rank-0 "bias", which the wasm backend refuses."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((8, 8, 3), name="img")
+    x = keras.layers.Conv2D(8, 3, padding="same", name="conv")(inp)
+    s = keras.layers.GlobalAveragePooling2D(keepdims=True, name="squeeze")(x)
+    s = keras.layers.Conv2D(8, 1, name="excite")(s)
+    s = keras.layers.Activation("hard_sigmoid", name="hsig")(s)
+    x = keras.layers.Multiply(name="scale")([x, s])
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    out = keras.layers.Dense(4, activation="softmax", name="probs")(x)
+    path = tmp_path_factory.mktemp("tfjs_se") / "se.keras"
+    keras.Model(inp, out).save(path)
+    return path
+
+
+def test_hard_sigmoid_conv_fusion_is_repaired_for_wasm(squeeze_excite, tmp_path, monkeypatch):
+    from exporter import tfjs_graph
+
+    result = _export(squeeze_excite, tmp_path / "repaired")
+    (row,) = result.targets
+    assert any("rank-0 constant bias" in n for n in row.notes), row.notes
+    _assert_passed(row)
+    # without the repair the same artifact is refused by wasm: the repair is what makes it pass
+    monkeypatch.setattr(tfjs_graph, "unfuse_nonvector_bias", lambda mj: ([], []))
+    (raw,) = _export(squeeze_excite, tmp_path / "raw").targets
+    wasm = next(p for p in raw.parity if p.runtime == "tfjs-node-wasm")
+    if wasm.status != "skipped":
+        assert wasm.status == "failed" and "rank-1 bias" in wasm.reason, wasm.reason
+
+
 def test_unknown_fused_activation_is_reported():
     from exporter.tfjs_graph import unfuse_nonvector_bias
 
@@ -301,6 +336,9 @@ def test_broken_model_json_fails_verify_with_a_clear_error(digits_quantized, tmp
     _, out = digits_quantized
     copy = tmp_path / "export"
     shutil.copytree(out, copy)
+    report = json.loads((copy / "report.json").read_text())
+    report["targets"] = [t for t in report["targets"] if t["variant"] == "fp32"]  # one row is enough
+    (copy / "report.json").write_text(json.dumps(report))
     broken = copy / "tfjs" / "fp32" / "model.json"
     broken.write_text(broken.read_text()[:200])
     result = exporter.verify(copy)
