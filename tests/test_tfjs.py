@@ -211,6 +211,46 @@ def test_demo_page_draws_a_digit_and_predicts_like_keras(digits_quantized, digit
     assert (tmp_path / "tfjs_demo_digit.png").stat().st_size > 1000
 
 
+def test_demo_page_classifies_a_chosen_image_like_keras(squeeze_excite, squeeze_excite_export, tmp_path):
+    """An RGB image model gets the file-chooser page: the image is resized in the browser and the
+    page's top class must be Keras' on exactly the pixels the page fed the model."""
+    import threading
+
+    import keras
+    from PIL import Image
+
+    from exporter.tfjs_demo import make_server
+    from runtimes.tfjs_chromium import TfjsChromium, browser
+
+    reason = TfjsChromium().available()
+    if reason:
+        pytest.skip(reason)
+    _, out = squeeze_excite_export
+    image = tmp_path / "photo.png"
+    rng = np.random.default_rng(5)
+    Image.fromarray((rng.random((30, 40, 3)) * 255).astype("uint8")).save(image)
+    server = make_server(out, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    page = browser().browser.new_page()
+    try:
+        page.goto(f"http://127.0.0.1:{server.server_address[1]}/index.html", timeout=60_000)
+        page.wait_for_function("window.kexportDemo.ready || window.kexportDemo.error", timeout=60_000)
+        page.set_input_files("#file", str(image))
+        page.wait_for_function("window.kexportDemo.lastPrediction !== null", timeout=60_000)
+        pixels = np.asarray(page.evaluate("window.kexportDemo.lastInput"), dtype=np.float32)
+        shown = page.evaluate("window.kexportDemo.lastPrediction")
+        page.screenshot(path=str(tmp_path / "tfjs_demo_image.png"))
+    finally:
+        page.close()
+        server.shutdown()
+        server.server_close()
+    assert pixels.shape == (8 * 8 * 3,) and 0.0 <= pixels.min() and pixels.max() <= 1.0 and pixels.std() > 0.05
+    model = keras.saving.load_model(squeeze_excite)
+    probs = np.asarray(model(pixels.reshape(1, 8, 8, 3), training=False))[0]
+    assert shown["probs"]["top"] == int(probs.argmax())
+    np.testing.assert_allclose(shown["probs"]["scores"], probs, atol=1e-5)
+
+
 # ---- MobileNetV2 (random weights, calibrated BatchNorm) ---------------------------------------
 
 @pytest.mark.slow
@@ -291,10 +331,16 @@ def squeeze_excite(tmp_path_factory):
     return path
 
 
-def test_hard_sigmoid_conv_fusion_is_repaired_for_wasm(squeeze_excite, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def squeeze_excite_export(squeeze_excite, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tfjs_se_out")
+    return _export(squeeze_excite, out, demo=True), out
+
+
+def test_hard_sigmoid_conv_fusion_is_repaired_for_wasm(squeeze_excite, squeeze_excite_export, tmp_path, monkeypatch):
     from exporter import tfjs_graph
 
-    result = _export(squeeze_excite, tmp_path / "repaired")
+    result, _ = squeeze_excite_export
     (row,) = result.targets
     assert any("rank-0 constant bias" in n for n in row.notes), row.notes
     _assert_passed(row)
