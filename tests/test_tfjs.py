@@ -207,6 +207,7 @@ def test_demo_page_draws_a_digit_and_predicts_like_keras(digits_quantized, digit
     probs = np.asarray(digits_ctx.model(pixels.reshape(1, 8, 8, 1), training=False))[0]
     top = shown["digit"]["top"]
     assert top == int(probs.argmax()), (top, probs)
+    assert top == 7  # and the model really reads the drawn "7" (the page is usable, not only consistent)
     np.testing.assert_allclose(shown["digit"]["scores"], probs, atol=1e-5)
     assert (tmp_path / "tfjs_demo_digit.png").stat().st_size > 1000
 
