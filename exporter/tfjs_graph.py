@@ -115,10 +115,39 @@ def _split(node: dict, base: str, ops: list[str]) -> list[dict]:
     return result
 
 
+def positive_cumulative_axis(model_json: dict, folder: Path) -> list[str]:
+    """TF.js 4.22 gets `Cumsum`/`Cumprod` wrong for a negative axis (tf.cumprod(x, -1) on a
+    [2, 4] tensor has shape [undefined, 2]; wasm then reads out of bounds). Keras writes
+    axis=-1. Where the axis constant is negative, feed `Rank(x) + axis` instead (computed in the
+    graph, so no weight changes). Returns notes."""
+    nodes = model_json["modelTopology"]["node"]
+    cumulative = [n for n in nodes if n["op"] in ("Cumsum", "Cumprod")]
+    if not cumulative:
+        return []
+    from tensorflowjs.read_weights import read_weights
+
+    values = {w["name"]: w["data"] for w in read_weights(model_json["weightsManifest"], str(folder), flatten=True)}
+    fixed = 0
+    for node in cumulative:
+        axis = node["input"][1]
+        value = values.get(axis)
+        if value is None or int(value) >= 0:
+            continue
+        base = node["name"]
+        idx = node.get("attr", {}).get("Tidx", {"type": "DT_INT32"})
+        nodes.append({"name": f"{base}/kexport_rank", "op": "Rank", "input": [node["input"][0]], "attr": {"T": node["attr"]["T"]}})
+        nodes.append({"name": f"{base}/kexport_axis", "op": "AddV2", "input": [f"{base}/kexport_rank", axis],
+                      "attr": {"T": idx}})
+        node["input"][1] = f"{base}/kexport_axis"
+        fixed += 1
+    return [f"{fixed} x Cumsum/Cumprod with a negative axis fed rank + axis (TF.js 4.22 mishandles a negative axis)"] if fixed else []
+
+
 def repair_model_json(path: Path) -> tuple[list[str], list[str]]:
     """Load, repair and rewrite a graph model.json. Returns (notes, problems)."""
     data = json.loads(path.read_text())
     notes, problems = unfuse_nonvector_bias(data)
+    notes += positive_cumulative_axis(data, path.parent)
     if notes:
         path.write_text(json.dumps(data))
     return notes, problems

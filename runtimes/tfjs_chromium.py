@@ -226,7 +226,9 @@ class TfjsChromiumSession:
         try:
             res = self.page.evaluate("([i, t, f]) => window.kexportPredict(i, t, f)", [self.id, tensors, self.fetch])
         except Exception as e:
-            raise RuntimeError(_one_line(e, self.console)) from e
+            msg = _one_line(e, self.console)
+            self.page.close()  # a failed kernel can leave the backend broken: next session gets a fresh page
+            raise RuntimeError(msg) from e
         self.predict_seconds.append(res["seconds"])
         self.backend = res["backend"]
         out = {}

@@ -219,10 +219,15 @@ class TfjsNodeSession:
         specs, body = _pack(inputs)
         for s in specs:
             s["feed"] = self.feeds.get(s["name"], s["name"])
-        head, data = self.proc.call({"cmd": "predict", "id": self.id, "tensors": specs, "fetch": self.fetch}, body)
+        try:
+            head, data = self.proc.call({"cmd": "predict", "id": self.id, "tensors": specs, "fetch": self.fetch}, body)
+        except NodeError:
+            # A failed kernel can leave the backend broken (wasm: "memory access out of bounds"):
+            # the next session gets a fresh process rather than inheriting a corrupt heap.
+            self.proc.kill()
+            raise
         self.predict_seconds.append(head["seconds"])
-        out = unpack_tensors(head["tensors"], data)
-        return out
+        return unpack_tensors(head["tensors"], data)
 
     def close(self):
         if self.proc.alive():

@@ -353,6 +353,18 @@ def test_hard_sigmoid_conv_fusion_is_repaired_for_wasm(squeeze_excite, squeeze_e
         assert wasm.status == "failed" and "rank-1 bias" in wasm.reason, wasm.reason
 
 
+def test_cumprod_negative_axis_is_repaired(tmp_path):
+    """Keras writes cumprod(axis=-1); TF.js 4.22 returns a wrong shape for a negative axis (cpu:
+    a matMul shape error downstream, wasm: out-of-bounds memory, webgl: a shader that does not
+    compile). The repair feeds rank + axis; all three runtimes then match."""
+    data = Path(__file__).parent / "data"
+    result = exporter.export(str(data / "cumprod_model.keras"), ["tfjs"], tmp_path,
+                             options=ExportOptions(custom_objects=str(data / "custom_layers.py")))
+    (row,) = result.targets
+    assert any("negative axis" in n for n in row.notes), row.notes
+    _assert_passed(row)
+
+
 def test_unknown_fused_activation_is_reported():
     from exporter.tfjs_graph import unfuse_nonvector_bias
 
