@@ -49,8 +49,15 @@ class Client:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
 
     def post(self, path: str, body: bytes, ctype: str) -> bytes:
-        self.conn.request("POST", path, body=body, headers={"Content-Type": ctype})
-        r = self.conn.getresponse()
+        try:
+            self.conn.request("POST", path, body=body, headers={"Content-Type": ctype})
+            r = self.conn.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # the server closed an idle keep-alive connection (gunicorn keepalive = 5 s): reconnect
+            # once, as HTTP client libraries do
+            self.conn.close()
+            self.conn.request("POST", path, body=body, headers={"Content-Type": ctype})
+            r = self.conn.getresponse()
         data = r.read()
         if r.status != 200:
             raise RuntimeError(f"HTTP {r.status}: {data[:200]!r}")
@@ -280,8 +287,36 @@ def main(argv=None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
-    print(json.dumps(results["machine"]))
+    print(markdown(results))
     return 0
+
+
+def markdown(results: dict) -> str:
+    """The table docs/flask.md shows."""
+    lines = ["| model | setup | body | p50 ms (batch 1) | p99 ms | req/s, 16 clients | cold start s |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in results["models"].items():
+        floor = r["in_process_1_thread"]
+        lines.append(f"| {name} | in-process onnxruntime (floor) | - | {floor['p50_ms']} | {floor['p99_ms']} | "
+                     f"{floor['rps_16_clients']} | - |")
+        for window in ("0", "2"):
+            srv = r[f"server_batch_window_{window}ms"]
+            for fmt in ("json", "b64", "npy"):
+                if fmt in srv:
+                    m = srv[fmt]
+                    lines.append(f"| {name} | kexport app, micro-batching {'off' if window == '0' else 'on (2 ms)'} | "
+                                 f"{fmt} | {m['p50_ms']} | {m['p99_ms']} | {m['rps_16_clients']} | {srv['cold_start_s']} |")
+        ml = r["mlflow"]
+        if "skipped" in ml:
+            lines.append(f"| {name} | mlflow models serve | json | skipped: {ml['skipped']} | | | |")
+        else:
+            m = ml["json"]
+            lines.append(f"| {name} | mlflow models serve (Keras, 2 workers) | json | {m['p50_ms']} | {m['p99_ms']} | "
+                         f"{m['rps_16_clients']} | {ml['cold_start_s']} |")
+    mach = results["machine"]
+    lines.append(f"\nmachine: {mach['cpu']}, {mach['cores']} cores, Python {mach['python']}, {mach['platform']}, "
+                 f"1-min load average at the end {mach['load_avg_1m']}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

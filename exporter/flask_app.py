@@ -37,7 +37,7 @@ class AppSettings:
     """Defaults baked into the generated app (each one an environment variable there too)."""
 
     max_content_length: int = 16 * 1024 * 1024
-    batch_window_ms: float = 2.0
+    batch_window_ms: float = 0.0  # off: see FlaskOptions
     max_batch_rows: int = 32
     workers: int = 2
     threads: int = 8

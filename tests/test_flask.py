@@ -61,7 +61,8 @@ def digits_app(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def digits(digits_app):
-    server = GunicornServer(digits_app / "flask", workers=2)
+    # micro-batching on here (the default is off), so the load test runs requests through it
+    server = GunicornServer(digits_app / "flask", workers=2, env={"BATCH_WINDOW_MS": "2"})
     server.wait_ready()
     yield server
     server.stop()

@@ -21,7 +21,9 @@ class FlaskOptions:
     name: str | None = None  # the NAME in /v1/models/NAME; default: the model file's stem
     class_labels: str | None = None  # labels.txt, one label per line
     max_content_length: int = 16 * 1024 * 1024
-    batch_window_ms: float = 2.0  # 0 turns micro-batching off
+    # Micro-batching is off by default: measured on 2 cores (docs/flask.md) it gains little for
+    # tiny models and loses throughput for conv nets; BATCH_WINDOW_MS=2 turns it on in the app.
+    batch_window_ms: float = 0.0
     max_batch_rows: int = 32
     workers: int = 2
     threads: int = 8
@@ -47,7 +49,8 @@ class FlaskTarget(Target):
         parser.add_argument("--max-content-length", type=int, default=d.max_content_length, metavar="BYTES",
                             help=f"largest request body; larger ones get 413 (default {d.max_content_length})")
         parser.add_argument("--batch-window-ms", type=float, default=d.batch_window_ms,
-                            help=f"micro-batching window, 0 = off (default {d.batch_window_ms})")
+                            help=f"micro-batching window in ms, 0 = off (default {d.batch_window_ms:g}; "
+                                 "see docs/flask.md for when it pays)")
         parser.add_argument("--max-batch-rows", type=int, default=d.max_batch_rows,
                             help=f"most rows per micro-batch (default {d.max_batch_rows})")
         parser.add_argument("--gunicorn-workers", dest="gunicorn_workers", type=int, default=d.workers,
