@@ -65,6 +65,8 @@ def render(template: str, **values) -> str:
 class _Handler(http.server.SimpleHTTPRequestHandler):
     routes: dict[str, Path] = {}  # url prefix "/a/<token>/" -> folder
     pages: dict[str, str] = {}  # "/page.html" -> html
+    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
+                      ".wasm": "application/wasm", ".js": "text/javascript", ".json": "application/json"}
 
     def log_message(self, *args):  # keep test output clean
         pass
@@ -86,15 +88,11 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         if path.startswith("/vendor/"):
             f = vendor_files().get(path[len("/vendor/"):])
             return str(f) if f else "/nonexistent"
-        for prefix, folder in self.routes.items():
+        for prefix, folder in list(self.routes.items()):  # sessions mount/unmount meanwhile
             if path.startswith(prefix):
                 target = (folder / path[len(prefix):]).resolve()
                 return str(target) if folder.resolve() in target.parents or target == folder.resolve() else "/nonexistent"
         return "/nonexistent"
-
-
-_HANDLER_TYPES = {".wasm": "application/wasm", ".js": "text/javascript", ".json": "application/json"}
-_Handler.extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, **_HANDLER_TYPES}
 
 
 class _Server:
