@@ -87,6 +87,30 @@ def test_recurrent_attention_model_fp32_and_rewrites(sequence_ctx):
         assert what in notes, notes
 
 
+def test_standalone_batchnorms_stay_exact(tmp_path_factory, monkeypatch):
+    """coremltools' fuse_elementwise_to_batchnorm adds epsilon to a unit variance (1/sqrt(1+1e-5)
+    per layer); kexport removes the pass. If this starts passing without the workaround, the
+    vendor fixed it and the workaround can go."""
+    import coremltools as ct
+    import keras
+
+    from exporter.calibrate import calibrate_batchnorm
+
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((6, 6, 3), name="img")
+    h = keras.layers.Conv2D(8, 3, padding="same")(inp)
+    for _ in range(30):  # BatchNorms that cannot fold into a conv (DenseNet's pre-activation)
+        h = keras.layers.ReLU()(keras.layers.BatchNormalization()(h))
+    model = keras.Model(inp, keras.layers.Dense(3, name="y")(keras.layers.GlobalAveragePooling2D()(h)))
+    calibrate_batchnorm(model, seed=0)
+    ctx = build_context(save(model, tmp_path_factory, "bn_stack"), ExportOptions())
+    _, row = export_and_check(ctx, "fp32")
+    assert row.status == "passed", row.reason
+    monkeypatch.setattr(ct.PassPipeline, "remove_passes", lambda self, names: None)
+    _, vendor = export_and_check(ctx, "fp32")
+    assert vendor.status == "failed", "coremltools no longer needs the workaround"
+
+
 # ---- keras.applications, random weights with calibrated BatchNorm ------------------------------
 
 @pytest.fixture(scope="module")
