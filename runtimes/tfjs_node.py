@@ -269,9 +269,12 @@ class TfjsNodeWasm(_TfjsNode):
     backend = "wasm"
 
 
-def timing(path, inputs: dict[str, np.ndarray], *, fmt: str = "graph", output_map=None, repeats: int = 5) -> dict:
-    """Node start, model load and single-sample prediction latency per backend (for report.json
-    and the benchmark). A backend that cannot run gives {"error": reason}."""
+def timing(path, inputs: dict[str, np.ndarray], *, fmt: str = "graph", output_map=None, repeats: int = 5,
+           budget_s: float = 2.0) -> dict:
+    """Node start, model load and single-sample prediction latency per backend (for report.json;
+    benchmarks/bench_tfjs.py measures longer). At most `repeats` timed calls after a warm-up, fewer
+    when they exceed `budget_s` (a big model on the pure-JS cpu backend takes seconds per call).
+    A backend that cannot run gives {"error": reason}."""
     reason = node_missing()
     if reason:
         return {"cpu": {"skipped": reason}, "wasm": {"skipped": reason}}
@@ -283,14 +286,17 @@ def timing(path, inputs: dict[str, np.ndarray], *, fmt: str = "graph", output_ma
             s = TfjsNodeSession(backend, str(path), fmt, output_map)
             try:
                 s.predict(one)  # warm-up: first call compiles kernels / allocates
+                t0 = time.perf_counter()
                 for _ in range(repeats):
                     s.predict(one)
+                    if time.perf_counter() - t0 > budget_s:
+                        break
             finally:
                 s.close()
             lat = sorted(s.predict_seconds[1:])
             out[backend] = {"node_start_s": proc.start_seconds, "load_s": round(s.load_seconds, 4),
                             "first_predict_ms": round(s.predict_seconds[0] * 1e3, 3),
-                            "predict_ms_median": round(lat[len(lat) // 2] * 1e3, 3)}
+                            "predict_ms_median": round(lat[len(lat) // 2] * 1e3, 3), "timed_calls": len(lat)}
         except NodeError as e:
             out[backend] = {"error": str(e)}
     return out
