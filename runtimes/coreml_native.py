@@ -52,7 +52,11 @@ class CoreMLSession:
 
         opts = self.image_inputs.get(name, {})
         bias = np.asarray(opts.get("bias", [0.0]), np.float32)
-        pix = (np.asarray(x, np.float32)[0] - bias) / np.float32(opts.get("scale", 1.0))  # (H, W, C)
+        x = np.asarray(x, np.float32)[0]
+        channels = 1 if self.layouts[name] == 10 else 3
+        if x.shape[0] == channels and x.shape[-1] != channels:  # a channels-first Keras input
+            x = np.transpose(x, (1, 2, 0))
+        pix = (x - bias) / np.float32(opts.get("scale", 1.0))  # (H, W, C)
         pix = np.clip(np.round(pix), 0, 255).astype(np.uint8)
         if self.layouts[name] == 10:
             return Image.fromarray(pix[..., 0], "L")
