@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -136,6 +137,8 @@ def check_artifact(artifact, runtime_names, reference_in, reference_out, tol, *,
 
     rows = []
     dull = uninformative(reference_out)
+    # Absolute: runtimes run in other processes with other working directories (Node, gunicorn).
+    path = str(Path(artifact.path).resolve())
     for name in runtime_names:
         rt = get_runtime(name)
         reason = artifact.skip.get(name) or rt.available()
@@ -146,9 +149,9 @@ def check_artifact(artifact, runtime_names, reference_in, reference_out, tol, *,
         session = None
         try:
             if rt.isolate:
-                session = IsolatedSession(name, str(artifact.path), artifact.runtime_options)
+                session = IsolatedSession(name, path, artifact.runtime_options)
             else:
-                session = rt.load(str(artifact.path), **artifact.runtime_options)
+                session = rt.load(path, **artifact.runtime_options)
             got = session.predict(reference_in)
         except UnsupportedOp as e:  # the runtime cannot execute it: no verdict on the artifact
             rows.append(ParityRow(name, "skipped", atol=tol.atol, rtol=tol.rtol, reason=f"{name}: {e}",

@@ -230,3 +230,13 @@ def test_user_inputs_are_the_reference(capsys, tmp_path):
     code, _, err = run(capsys, "onnx", SAMPLE_MODELS["iris_keras2"], "-o", out, "--inputs", data)
     assert code == 2
     assert_one_line_error(err, "mine.npz", "measurements")
+
+
+def test_relative_output_directory(capsys, tmp_path, monkeypatch):
+    """Runtimes in other processes (Node, gunicorn, the LiteRT worker) get absolute paths."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "tfjs", SAMPLE_MODELS["iris_keras2"], "-o", "rel-out", "--json")
+    assert code == 0, out + err
+    row = json.loads(out)["targets"][0]
+    assert {p["runtime"] for p in row["parity"] if p["status"] == "passed"} >= {"tfjs-node-cpu"}, row["parity"]
+    assert (tmp_path / "rel-out" / row["artifact"]).exists()
