@@ -458,7 +458,7 @@ def test_fp16_results_are_rounded_to_half_precision():
     from runtimes.coreml_reference.program import Program, Step
 
     x = np.array([[1.0, 1e-4, 3.14159265]], np.float32)
-    prog = Program(inputs={"x": ((1, 3), np.float32)}, outputs=["y", "z"], steps=[
+    prog = Program(inputs={"x": ((1, 3), np.float32)}, outputs=[("y", "y"), ("z", "z")], steps=[
         Step("cast", "c", {"x": ("ref", "x"), "dtype": ("const", "fp16")}, [("h", np.float16)]),
         Step("mul", "m", {"x": ("ref", "h"), "y": ("ref", "k")}, [("y", np.float16)]),
         Step("mul", "m32", {"x": ("ref", "x"), "y": ("ref", "k")}, [("z", np.float32)]),

@@ -227,6 +227,10 @@ def test_cli_flags_reach_the_artifact(tmp_path, capsys):
     assert {p["runtime"]: p["status"] for p in row["parity"]}[REF] == "passed"
     spec = spec_of(out / row["artifact"])
     assert spec.description.metadata.author == "Bob" and spec.description.predictedFeatureName == "classLabel"
+    from exporter.api import verify  # re-check from report.json + reference data only
+
+    again = verify(out).targets[0]
+    assert {p.runtime: p.status for p in again.parity}[REF] == "passed", [p.reason for p in again.parity]
 
 
 def test_flags_parse_into_options():

@@ -31,7 +31,7 @@ class Step:
 @dataclass
 class Program:
     inputs: dict  # name -> (shape tuple, numpy dtype)
-    outputs: list  # names, in program order
+    outputs: list  # (environment key, output name), in program order
     steps: list
     consts: dict = field(default_factory=dict)  # var name -> value (float consts kept as float32)
     description: dict = field(default_factory=dict)  # spec: input kinds, classifier output names
@@ -58,7 +58,7 @@ class Program:
             res = res if isinstance(res, tuple) else (res,)
             for (name, dtype), val in zip(step.outputs, res):
                 env[name] = _round_to(val, dtype)
-        return {n: env[n] for n in self.outputs}
+        return {name: env[k] for k, name in self.outputs}
 
 
 def _one_blas_thread():
@@ -114,24 +114,40 @@ def load_program(path: str) -> Program:
                      | {o.op_type for o in func.operations if o.blocks})
     if unknown:
         raise UnsupportedOp(", ".join(unknown), "the coreml-reference interpreter has no implementation")
+    # Environment keys are per Var object: the loader names inline values with a process-wide
+    # counter ("const_1"), which can repeat a name the program itself uses.
+    keys: dict = {}
+    taken: set = set()
+
+    def key(var):
+        if id(var) not in keys:
+            name = var.name
+            while name in taken:
+                name += "'"
+            keys[id(var)] = name
+            taken.add(name)
+        return keys[id(var)]
+
+    for v in func.inputs.values():
+        key(v)
     program = Program(
         inputs={n: (tuple(int(d) for d in v.shape), np_dtype(v)) for n, v in func.inputs.items()},
-        outputs=[v.name for v in func.outputs], steps=[],
+        outputs=[(key(v), v.name) for v in func.outputs], steps=[],
         description={"inputs": {f.name: f.type.WhichOneof("Type") for f in spec.description.input},
                      "predicted_feature": spec.description.predictedFeatureName or None},
     )
     for o in func.operations:
         if o.op_type == "const":
-            program.consts[o.outputs[0].name] = _const(o.outputs[0].val)
+            program.consts[key(o.outputs[0])] = _const(o.outputs[0].val)
             continue
         if o.op_type.startswith("constexpr_"):  # weight decompression: evaluated once, here
-            args = {k: program.consts[v.name] for k, v in o.inputs.items()}
-            program.consts[o.outputs[0].name] = _round_to(OPS[o.op_type](**args), np_dtype(o.outputs[0]))
+            args = {k: program.consts[key(v)] for k, v in o.inputs.items()}
+            program.consts[key(o.outputs[0])] = _round_to(OPS[o.op_type](**args), np_dtype(o.outputs[0]))
             continue
         ins = {}
         for k, v in o.inputs.items():
-            ins[k] = ("refs", [x.name for x in v]) if isinstance(v, (list, tuple)) else ("ref", v.name)
-        program.steps.append(Step(o.op_type, o.name, ins, [(v.name, np_dtype(v)) for v in o.outputs]))
+            ins[k] = ("refs", [key(x) for x in v]) if isinstance(v, (list, tuple)) else ("ref", key(v))
+        program.steps.append(Step(o.op_type, o.name, ins, [(key(v), np_dtype(v)) for v in o.outputs]))
     # small scalar / string consts are passed by value, not looked up
     for step in program.steps:
         for k, (kind, v) in list(step.inputs.items()):
