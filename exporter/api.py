@@ -10,7 +10,6 @@ Example (a release step):
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import tempfile
 import time
@@ -22,7 +21,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from . import __version__
-from .errors import KexportError, ModelLoadError, ParityError, UsageError
+from .errors import KexportError, ParityError, UsageError
 from .options import ExportOptions
 from .report import REPORT_NAME, ExportResult, TargetResult, load_report
 
@@ -252,7 +251,7 @@ def _size(path: Path) -> int:
 def verify(out_dir, *, progress: Progress | None = None) -> ExportResult:
     """Re-check every artifact in an export directory against its stored reference data."""
     from .parity import check_artifact
-    from .targets import Artifact, Tolerance, get_target
+    from .targets import Artifact, get_target
 
     out = Path(out_dir)
     rpath = out / REPORT_NAME

@@ -79,6 +79,11 @@ class ExportContext:
         return self._cache[key]
 
 
+def op_types(graph_def) -> set[str]:
+    """Every op type in a GraphDef, nested functions (loop bodies, XLA calls) included."""
+    return {n.op for n in graph_def.node} | {n.op for f in graph_def.library.function for n in f.node_def}
+
+
 def tensor_specs(signature: ModelSignature):
     import tensorflow as tf
 

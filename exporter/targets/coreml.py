@@ -131,8 +131,9 @@ class CoreMLTarget(Target):
 
         check_options(ctx.signature, options, self.name)
         # the graph coremltools converts: the traced function (its loops stay StatelessWhile)
-        graph_def = ctx.serving_function(rewrite=True)[0].graph.as_graph_def()
-        ops_used = {n.op for n in graph_def.node} | {n.op for f in graph_def.library.function for n in f.node_def}
+        from ..context import op_types
+
+        ops_used = op_types(ctx.serving_function(rewrite=True)[0].graph.as_graph_def())
         problems = []
         for op in sorted(ops_used - _STRUCTURAL):
             if op in BROKEN_TF_OPS:

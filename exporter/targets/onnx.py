@@ -16,7 +16,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConversionError, UnsupportedError
+from ..errors import ConversionError
 from .base import FP32, Artifact, Target, Tolerance, register_target
 from .tflite import first_line
 
@@ -71,8 +71,10 @@ class OnnxTarget(Target):
         from tf2onnx import tfonnx  # noqa: F401  (importing it registers the op handlers)
         from tf2onnx.handler import tf_op
 
+        from ..context import op_types
+
         graph_def, _, _ = ctx.frozen_graph(rewrite=True)
-        ops = {n.op for n in graph_def.node} | {n.op for f in graph_def.library.function for n in f.node_def}
+        ops = op_types(graph_def)
         handled = set()
         for opset_ops in tf_op.get_opsets()[""][: options.opset + 1]:
             handled.update(opset_ops)

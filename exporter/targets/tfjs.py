@@ -57,14 +57,6 @@ def parse_size(text) -> int:
     return n
 
 
-def requested_variants(quantize) -> list[str]:
-    items = quantize.split(",") if isinstance(quantize, str) else list(quantize or ())
-    items = [i.strip() for i in items if i and i.strip()]
-    if "all" in items:
-        return list(QUANTIZE_CHOICES)
-    return [q for q in QUANTIZE_CHOICES if q in items]  # other targets' variants are theirs
-
-
 @register_target
 class TfjsTarget(Target):
     name = "tfjs"
@@ -97,7 +89,9 @@ class TfjsTarget(Target):
                            demo=bool(getattr(args, "demo", False)))
 
     def variants(self, options) -> list[str]:
-        return ["fp32"] + requested_variants(options.quantize)
+        from ..quantize import selected
+
+        return ["fp32"] + selected(options.quantize, QUANTIZE_CHOICES)
 
     def tolerance_for(self, variant: str, options) -> Tolerance:
         return {"fp32": FP32, "float16": HALF, "uint16": HALF, "uint8": UINT8}[variant]
