@@ -23,12 +23,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def bench(name: str, size: int, precision: str, repeat: int, workdir: Path) -> dict:
-    from exporter.api import build_context
-    from exporter.calibrate import application
-    from exporter.options import ExportOptions
-    from exporter.targets import get_target
-    from exporter.targets.coreml import CoreMLOptions
-    from runtimes.coreml_reference import ReferenceSession
+    from kexport.api import build_context
+    from kexport.batchnorm_stats import application
+    from kexport.options import ExportOptions
+    from kexport.targets import get_target
+    from kexport.targets.coreml import CoreMLOptions
+    from kexport.runtimes.coreml_reference import ReferenceSession
 
     path = workdir / f"{name}_{size}.keras"
     if not path.exists():

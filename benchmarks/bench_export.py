@@ -55,7 +55,7 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks_export.json"))
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from exporter.calibrate import application
+    from kexport.batchnorm_stats import application
 
     work = Path(tempfile.mkdtemp(prefix="kexport-bench-"))
     model = work / "mobilenetv2.keras"
@@ -73,7 +73,7 @@ def main():
         out = work / label.replace(" ", "_").replace(",", "").replace("+", "_")
         # kexport does all three in one process: `all` would include every registered target, so
         # the three are requested through the API in one run.
-        code = ("import sys, exporter; r = exporter.export(sys.argv[1], ['saved-model','tflite','onnx'], sys.argv[2], "
+        code = ("import sys, kexport; r = kexport.export(sys.argv[1], ['saved-model','tflite','onnx'], sys.argv[2], "
                 f"verify={not extra}); print(r.seconds); sys.exit(r.exit_code)")
         sec, rc, err = timed([PY, "-c", code, str(model), str(out)])
         report = json.loads((out / "report.json").read_text())

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from runtimes.flask_http import GunicornServer, free_port  # noqa: E402
+from kexport.runtimes.flask_http import GunicornServer, free_port  # noqa: E402
 
 CLIENTS = 16
 BUDGET_S = 20.0  # per measurement: a slow server (MLflow's Keras predict) gets fewer requests
@@ -127,7 +127,7 @@ def build_model(name: str, workdir: Path) -> Path:
         return ROOT / "sample_models" / "digits_cnn.keras"
     import keras
 
-    from exporter.calibrate import calibrate_batchnorm
+    from kexport.batchnorm_stats import calibrate_batchnorm
 
     keras.utils.set_random_seed(0)
     model = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3))
@@ -158,7 +158,7 @@ def bench_server(app: Path, model_name: str, x: np.ndarray, n_lat: int, per_clie
 
 
 def bench_in_process(onnx_path: Path, input_name: str, x: np.ndarray, n_lat: int, per_client: int, threads: int) -> dict:
-    from runtimes.onnxruntime_runtime import OnnxSession
+    from kexport.runtimes.onnxruntime_runtime import OnnxSession
 
     sess = OnnxSession(str(onnx_path), threads)
     lat = latency(lambda: sess.predict({input_name: x}), n_lat)
@@ -253,8 +253,8 @@ def main(argv=None) -> int:
                          "(a shared machine is noisy)")
     ap.add_argument("--no-mlflow", action="store_true", help="skip the MLflow peer")
     args = ap.parse_args(argv)
-    import exporter
-    from exporter.options import ExportOptions
+    import kexport
+    from kexport.options import ExportOptions
 
     results = {"machine": machine(), "models": {}}
     work = Path(tempfile.mkdtemp(prefix="bench-flask-"))
@@ -263,7 +263,7 @@ def main(argv=None) -> int:
             n_lat, per_client = (300, 40) if name == "digits" else (40, 4)
             keras_path = build_model(name, work)
             out = work / name
-            exporter.export(str(keras_path), ["flask"], out, options=ExportOptions(verify=False))
+            kexport.export(str(keras_path), ["flask"], out, options=ExportOptions(verify=False))
             app = out / "flask"
             meta = json.loads((app / "model" / "model.json").read_text())
             spec = meta["signature"]["inputs"][0]

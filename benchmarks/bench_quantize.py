@@ -4,7 +4,7 @@
 
 Models: the digits sample model (held-out split as --eval) and MobileNetV2 224x224
 (weights=None: nothing is downloaded; BatchNorm statistics calibrated so it is not degenerate).
-Each model goes through `exporter.export(..., quantize="all")` on tflite and onnx: the latency
+Each model goes through `kexport.export(..., quantize="all")` on tflite and onnx: the latency
 numbers are the report's own (runtimes/latency.py: all variants loaded in one process, timed in
 interleaved rounds, median of single-sample calls). For MobileNetV2 the TFLite fp32/int8 pair is
 then re-timed with 1 and 2 threads, with and without LiteRT's default XNNPACK delegate, to
@@ -34,7 +34,7 @@ def mobilenet(out: Path) -> tuple[Path, Path, Path]:
     """MobileNetV2 (random weights, calibrated BatchNorm) and seeded data in its [-1, 1] range."""
     import keras
 
-    from exporter.calibrate import calibrate_batchnorm
+    from kexport.batchnorm_stats import calibrate_batchnorm
 
     keras.utils.set_random_seed(0)
     model = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3))
@@ -45,7 +45,7 @@ def mobilenet(out: Path) -> tuple[Path, Path, Path]:
     # smooth random images (upsampled noise) rather than white noise: closer to photo statistics
     small = rng.random((2 * MOBILENET_SAMPLES, 7, 7, 3), dtype=np.float32)
     imgs = np.repeat(np.repeat(small, 32, axis=1), 32, axis=2) * 2.0 - 1.0
-    from exporter.loader import signature_of
+    from kexport.loader import signature_of
 
     name = signature_of(model).input_names[0]  # the name kexport (and the .npz) use
     cal, ev = out / "mobilenet_calibration.npz", out / "mobilenet_eval.npz"
@@ -55,15 +55,15 @@ def mobilenet(out: Path) -> tuple[Path, Path, Path]:
 
 
 def run(model: Path, cal: Path, ev: Path, out: Path) -> list[dict]:
-    import exporter
-    from exporter.options import ExportOptions
+    import kexport
+    from kexport.options import ExportOptions
 
     t0 = time.perf_counter()
     # The gate is opened (nothing refused) so every variant stays on disk for the timing below;
     # its verdict at the default thresholds is recomputed from the numbers in markdown().
     opts = ExportOptions(quantize="all", calibration=str(cal), eval=str(ev), min_agreement=0.0,
                          max_accuracy_drop=100.0)
-    result = exporter.export(str(model), ["tflite", "onnx"], out, options=opts,
+    result = kexport.export(str(model), ["tflite", "onnx"], out, options=opts,
                              progress=lambda s: print(s, file=sys.stderr, flush=True))
     print(f"{model.name}: exported and measured in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     keys = ("target", "variant", "status", "size_bytes", "size_ratio", "top1_agreement", "accuracy",

@@ -3,7 +3,7 @@ browser page's backend and latency, for the digits sample model and MobileNetV2.
 
     .venv/bin/python benchmarks/bench_tfjs.py [OUT_DIR] [--no-browser]
 
-Each model is exported once with `exporter.export(..., ["tfjs"])` (graph format; that run's
+Each model is exported once with `kexport.export(..., ["tfjs"])` (graph format; that run's
 parity rows are printed too). Then, per backend, a *fresh* Node process is started 3 times
 (start = spawn until TF.js reports the backend ready), the model is loaded, and single-sample
 predictions are timed (1 warm-up, then ROUNDS, median and p90). MobileNetV2 is 224x224, alpha
@@ -32,7 +32,7 @@ STARTS = 3
 
 
 def mobilenet(out: Path) -> Path:
-    from exporter.calibrate import application
+    from kexport.batchnorm_stats import application
 
     path = out / "mobilenet_v2.keras"
     if not path.exists():
@@ -41,7 +41,7 @@ def mobilenet(out: Path) -> Path:
 
 
 def node_numbers(model_dir: Path, sample: dict, backend: str) -> dict:
-    from runtimes.tfjs_node import NodeProcess, TfjsNodeSession, _POOL
+    from kexport.runtimes.tfjs_node import NodeProcess, TfjsNodeSession, _POOL
 
     starts = []
     for _ in range(STARTS):
@@ -61,7 +61,7 @@ def node_numbers(model_dir: Path, sample: dict, backend: str) -> dict:
 
 
 def browser_numbers(model_dir: Path, sample: dict) -> dict:
-    from runtimes.tfjs_chromium import TfjsChromium, TfjsChromiumSession, browser
+    from kexport.runtimes.tfjs_chromium import TfjsChromium, TfjsChromiumSession, browser
 
     reason = TfjsChromium().available()
     if reason:
@@ -77,11 +77,11 @@ def browser_numbers(model_dir: Path, sample: dict) -> dict:
 
 
 def bench(name: str, model: Path, out: Path, with_browser: bool) -> dict:
-    import exporter
-    from exporter.options import ExportOptions
+    import kexport
+    from kexport.options import ExportOptions
 
     t0 = time.perf_counter()
-    result = exporter.export(str(model), ["tfjs"], out / name, options=ExportOptions(samples=8))
+    result = kexport.export(str(model), ["tfjs"], out / name, options=ExportOptions(samples=8))
     row = result.targets[0]
     model_dir = out / name / row.artifact
     with np.load(out / name / "reference" / "inputs.npz") as z:

@@ -1,7 +1,7 @@
 """kexport: export a Keras model to every deployment target and prove each artifact matches.
 
-    import exporter
-    result = exporter.export("model.keras", targets=["tflite", "onnx"], out_dir="dist")
+    import kexport
+    result = kexport.export("model.keras", targets=["tflite", "onnx"], out_dir="dist")
 """
 
 __version__ = "0.1.0"

@@ -2,8 +2,8 @@
 (preflight -> convert -> verify -> move into place) -> report.json.
 
 Example (a release step):
-    import exporter
-    result = exporter.export("model.keras", targets=["tflite", "onnx"], out_dir="dist", raise_on_failure=True)
+    import kexport
+    result = kexport.export("model.keras", targets=["tflite", "onnx"], out_dir="dist", raise_on_failure=True)
     print(result.to_json()["targets"][0]["parity"])
 """
 
@@ -72,7 +72,7 @@ def load_inputs(path, signature) -> dict[str, np.ndarray]:
 
 def build_context(model_path, options: ExportOptions, progress: Progress | None = None):
     """Load the model once and compute the Keras reference outputs."""
-    from runtimes.keras_runtime import KerasSession
+    from .reference import KerasSession
 
     from .context import ExportContext
     from .loader import load_model, sha256_of, signature_of

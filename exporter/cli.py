@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, model=False)
     p = sub.add_parser("tf-serving", help="add a checked version to a TF-Serving model repository (-o REPO)")
     _common(p)
-    from .tf_serving import add_arguments as tf_serving_arguments
+    from .targets.tf_serving import add_arguments as tf_serving_arguments
 
     tf_serving_arguments(p)
     return parser
@@ -198,10 +198,15 @@ def cmd_inspect(args) -> int:
 def cmd_doctor(args) -> int:
     from importlib import metadata
 
-    from runtimes import all_runtimes
+    from kexport.runtimes import all_runtimes
 
     from .targets import all_targets
 
+    import importlib.util
+
+    print("reference:")
+    keras_ok = importlib.util.find_spec("keras") is not None
+    print(f"  {'keras':14} " + ("ok" if keras_ok else "missing: pip install 'kexport[keras]'"))
     print("converters:")
     for name, target in all_targets().items():
         missing = target.missing_requirements()
@@ -221,7 +226,7 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_tf_serving(args) -> int:
-    from .tf_serving import run_command
+    from .targets.tf_serving import run_command
 
     result = run_command(args, progress=_progress(time.perf_counter()))
     _print_result(result, args.json)
@@ -229,7 +234,7 @@ def cmd_tf_serving(args) -> int:
 
 
 def cmd_serve_demo(args) -> int:
-    from .tfjs_demo import serve
+    from .targets.tfjs.demo import serve
 
     serve(args.out, args.host, args.port)
     return EXIT_OK

@@ -57,5 +57,13 @@ class ParityError(KexportError):
         self.result = result
 
 
-class RuntimeUnavailable(KexportError):
-    """A runtime cannot run here; parity reports it as skipped with this reason."""
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception (vendor errors carry pages of C++ context).
+
+    Cut at a word boundary, never mid-word, with an ellipsis when cut."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(e).__name__
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0]
+    return cut + " ..."

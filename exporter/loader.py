@@ -14,7 +14,7 @@ import os
 import zipfile
 from pathlib import Path
 
-from .errors import ModelLoadError
+from .errors import ModelLoadError, first_line
 from .signature import ModelSignature, TensorSpec
 
 FORMATS = (".keras", ".h5", ".hdf5", "SavedModel directory")
@@ -126,9 +126,9 @@ def load_model(path, *, safe_mode: bool = True, custom_objects: str | dict | Non
     try:
         return keras.saving.load_model(path, safe_mode=safe_mode, custom_objects=objs, compile=False)
     except Exception as e:  # keras raises many types (ValueError, TypeError, KeyError, OSError)
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = first_line(e)
         hint = "if it uses custom layers, pass --custom-objects path/to/module.py"
-        raise ModelLoadError(f"{path}: Keras could not load the model: {msg[:300]}; {hint}") from e
+        raise ModelLoadError(f"{path}: Keras could not load the model: {msg}; {hint}") from e
 
 
 def _load_saved_model(path: Path):

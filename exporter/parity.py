@@ -131,9 +131,9 @@ def compare(runtime: str, reference: dict, got: dict, tol) -> ParityRow:
 
 def check_artifact(artifact, runtime_names, reference_in, reference_out, tol, *, model=None, signature=None):
     """Run the artifact in each runtime; an unavailable runtime is a skipped row with its reason."""
-    from runtimes import get_runtime
-    from runtimes.base import UnsupportedOp
-    from runtimes.isolated import IsolatedSession
+    from kexport.runtimes import get_runtime
+    from kexport.runtimes.base import UnsupportedOp
+    from kexport.runtimes.isolated import IsolatedSession
 
     rows = []
     dull = uninformative(reference_out)

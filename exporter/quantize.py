@@ -15,7 +15,7 @@ Without --eval the reference inputs are used (the first --calibration samples wh
 uniform noise is out of a calibrated model's range) and accuracy is reported as null (unknown).
 
 Example:
-    exporter.export("m.keras", ["tflite"], options=ExportOptions(quantize="int8",
+    kexport.export("m.keras", ["tflite"], options=ExportOptions(quantize="int8",
                     calibration="train.npz", eval="heldout.npz"))
 """
 
@@ -188,7 +188,7 @@ def eval_data(ctx) -> EvalData:
             source = "calibration" if opts.calibration and not opts.inputs else "reference"
             ev = EvalData(ctx.inputs, {}, source, dict(ctx.outputs))
         if ev.keras is None:
-            from runtimes.keras_runtime import KerasSession
+            from .reference import KerasSession
 
             ev.keras = KerasSession(ctx.model, ctx.signature).predict(ev.inputs)
         ev.labels = _match_labels(ev.labels, ev.keras, path)

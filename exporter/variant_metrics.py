@@ -23,7 +23,7 @@ from .quantize import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_MIN_AGREEMENT, eval_dat
 
 def measure_variants(target, ctx, options, produced, tmp: Path, say=lambda s: None) -> None:
     """`produced` is [(TargetResult, Artifact)] in variant order; fills each row, applies the gate."""
-    from runtimes.base import UnsupportedOp
+    from kexport.runtimes.base import UnsupportedOp
 
     ok = [(r, a) for r, a in produced if r.status == "ok" and r.artifact]
     if len(ok) < 1:
@@ -126,7 +126,7 @@ def _remove(path: Path, tmp: Path) -> None:
 
 
 def _latency(runtime, base_row, rows, ev, say) -> None:
-    from runtimes.latency import measure
+    from kexport.runtimes.latency import measure
 
     if not runtime or not rows:
         return
@@ -149,7 +149,7 @@ def _latency(runtime, base_row, rows, ev, say) -> None:
 
 def _runtime_for(target, art) -> tuple[str | None, str | None]:
     """The first of the target's runtimes that can run this artifact here, else the reasons."""
-    from runtimes import get_runtime
+    from kexport.runtimes import get_runtime
 
     reasons = []
     for name in target.runtimes:
@@ -161,8 +161,8 @@ def _runtime_for(target, art) -> tuple[str | None, str | None]:
 
 
 def _predict(runtime: str, art, inputs: dict) -> dict:
-    from runtimes import get_runtime
-    from runtimes.isolated import IsolatedSession
+    from kexport.runtimes import get_runtime
+    from kexport.runtimes.isolated import IsolatedSession
 
     rt = get_runtime(runtime)
     session = IsolatedSession(runtime, str(art.path), art.runtime_options) if rt.isolate \

@@ -7,7 +7,6 @@ runtime = one module plus one line in the import list below.
 from .base import Runtime, Session, all_runtimes, get_runtime, register_runtime  # noqa: F401
 
 # Explicit import list (no package scanning): each module registers its runtime.
-from . import keras_runtime  # noqa: F401,E402
 from . import tf_saved_model  # noqa: F401,E402
 from . import tf_saved_model_cli  # noqa: F401,E402
 from . import litert  # noqa: F401,E402

@@ -48,11 +48,9 @@ class IsolatedSession:
     """predict() forwards to a worker process; close() ends it."""
 
     def __init__(self, runtime: str, path: str, options: dict | None = None, timeout: float = 300):
-        root = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ)
-        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runtimes.isolated", runtime, str(path), json.dumps(options or {})],
+            [sys.executable, "-m", f"{__package__}.isolated", runtime, str(path), json.dumps(options or {})],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
         )
         hello = json.loads(_unpack_text(_recv(self.proc.stdout), self.proc))
@@ -83,7 +81,7 @@ def _unpack_text(payload: bytes, proc) -> str:
 def _worker(runtime: str, path: str, options: str):
     out = sys.stdout.buffer
     sys.stdout = sys.stderr  # keep library prints off the protocol pipe
-    from runtimes import get_runtime
+    from . import get_runtime
 
     try:
         session = get_runtime(runtime).load(path, **json.loads(options))

@@ -24,7 +24,6 @@ import numpy as np
 def measure(runtime: str, artifacts: list[tuple[str, dict]], sample: dict, *, budget_s: float = 2.0,
             max_rounds: int = 200, min_rounds: int = 5, timeout: float = 600) -> dict:
     """{"ms": [median ms per artifact], "rounds": n, "error": None | reason}, run in a child process."""
-    root = str(Path(__file__).resolve().parent.parent)
     with tempfile.TemporaryDirectory(prefix="kexport-latency-") as tmp:
         np.savez(Path(tmp) / "sample.npz", **sample)
         spec = {"runtime": runtime, "artifacts": [[str(p), o] for p, o in artifacts],
@@ -32,9 +31,8 @@ def measure(runtime: str, artifacts: list[tuple[str, dict]], sample: dict, *, bu
                 "max_rounds": max_rounds, "min_rounds": min_rounds}
         (Path(tmp) / "spec.json").write_text(json.dumps(spec))
         env = dict(os.environ)
-        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
         try:
-            proc = subprocess.run([sys.executable, "-m", "runtimes.latency", str(Path(tmp) / "spec.json")],
+            proc = subprocess.run([sys.executable, "-m", f"{__package__}.latency", str(Path(tmp) / "spec.json")],
                                   capture_output=True, text=True, env=env, timeout=timeout)
         except subprocess.TimeoutExpired:
             return {"ms": None, "rounds": 0, "error": f"latency measurement exceeded {timeout:.0f}s"}
@@ -48,7 +46,7 @@ def measure(runtime: str, artifacts: list[tuple[str, dict]], sample: dict, *, bu
 def _worker(spec_path: str) -> None:
     out = sys.stdout
     sys.stdout = sys.stderr  # keep library prints off the result line
-    from runtimes import get_runtime
+    from . import get_runtime
 
     spec = json.loads(Path(spec_path).read_text())
     with np.load(spec["sample"], allow_pickle=False) as z:

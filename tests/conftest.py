@@ -33,10 +33,10 @@ class _ExportCache:
     def __call__(self, model_name: str):
         """(ExportResult, out_dir) of `kexport all` on one sample model, computed once."""
         if model_name not in self._done:
-            import exporter
+            import kexport
 
             out = self.root / model_name
-            result = exporter.export(str(SAMPLE_MODELS[model_name]), ["all"], out)
+            result = kexport.export(str(SAMPLE_MODELS[model_name]), ["all"], out)
             self._done[model_name] = (result, out)
         return self._done[model_name]
 
@@ -49,7 +49,7 @@ def sample_export(tmp_path_factory):
 @pytest.fixture(scope="session")
 def digits_ctx():
     """The digits model loaded once, with its reference data, for tests that need a context."""
-    from exporter.api import build_context
-    from exporter.options import ExportOptions
+    from kexport.api import build_context
+    from kexport.options import ExportOptions
 
     return build_context(SAMPLE_MODELS["digits_cnn"], ExportOptions())

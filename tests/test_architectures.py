@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import exporter
-from exporter.calibrate import application
+import kexport
+from kexport.batchnorm_stats import application
 
 FOUNDATION = ["saved-model", "tflite", "onnx"]
 
@@ -25,7 +25,7 @@ def _save(model, path):
 @pytest.fixture(scope="module")
 def mobilenet_paths(tmp_path_factory):
     d = tmp_path_factory.mktemp("mnv2")
-    from exporter.calibrate import calibrate_batchnorm
+    from kexport.batchnorm_stats import calibrate_batchnorm
 
     model = application("MobileNetV2", (96, 96, 3), calibrate=False, alpha=0.35)
     raw = _save(model, d / "mnv2_raw.keras")
@@ -35,7 +35,7 @@ def mobilenet_paths(tmp_path_factory):
 
 @pytest.mark.slow
 def test_uncalibrated_mobilenet_is_uninformative_not_passed(mobilenet_paths, tmp_path):
-    result = exporter.export(str(mobilenet_paths[0]), ["tflite"], tmp_path)
+    result = kexport.export(str(mobilenet_paths[0]), ["tflite"], tmp_path)
     row = result.targets[0]
     assert row.status == "ok"
     assert [p.status for p in row.parity] == ["uninformative"], row.parity
@@ -44,7 +44,7 @@ def test_uncalibrated_mobilenet_is_uninformative_not_passed(mobilenet_paths, tmp
 
 @pytest.mark.slow
 def test_calibrated_mobilenet_passes_everywhere(mobilenet_paths, tmp_path):
-    result = exporter.export(str(mobilenet_paths[1]), FOUNDATION, tmp_path)
+    result = kexport.export(str(mobilenet_paths[1]), FOUNDATION, tmp_path)
     for row in result.targets:
         assert row.status == "ok", (row.target, row.error)
         for p in row.parity:
@@ -76,7 +76,7 @@ def tricky_model(tmp_path_factory):
 
 @pytest.mark.slow
 def test_keras3_constructs_are_rewritten_and_match(tricky_model, tmp_path):
-    result = exporter.export(str(tricky_model), FOUNDATION, tmp_path)
+    result = kexport.export(str(tricky_model), FOUNDATION, tmp_path)
     by = {r.target: r for r in result.targets}
     for name in FOUNDATION:
         row = by[name]
@@ -92,7 +92,7 @@ def test_gelu_rewrite_is_exact():
     import keras
     import tensorflow as tf
 
-    from exporter.rewrites import keras3_rewrites
+    from kexport.rewrites import keras3_rewrites
 
     x = np.linspace(-6, 6, 1001).astype(np.float32)
     want = keras.activations.gelu(x, approximate=False).numpy()
@@ -108,7 +108,7 @@ def test_grouped_conv_rewrite_is_exact():
     import keras
     import tensorflow as tf
 
-    from exporter.rewrites import keras3_rewrites
+    from kexport.rewrites import keras3_rewrites
 
     keras.utils.set_random_seed(3)
     conv = keras.layers.Conv2D(12, 3, strides=2, padding="same", groups=3, dilation_rate=1)

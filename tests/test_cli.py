@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SAMPLE_MODELS
-from exporter.cli import main
+from kexport.cli import main
 
 
 def run(capsys, *argv):
@@ -188,8 +188,8 @@ def test_bad_flag_is_one_line_usage_error(capsys):
 
 
 def test_model_loaded_and_traced_once_for_several_targets(capsys, tmp_path, monkeypatch):
-    import exporter.context as context
-    import exporter.loader as loader
+    import kexport.context as context
+    import kexport.loader as loader
 
     calls = {"load": 0, "trace": 0}
     real_load, real_trace = loader.load_model, context._trace
@@ -204,9 +204,9 @@ def test_model_loaded_and_traced_once_for_several_targets(capsys, tmp_path, monk
 
     monkeypatch.setattr(loader, "load_model", counting_load)
     monkeypatch.setattr(context, "_trace", counting_trace)
-    import exporter
+    import kexport
 
-    result = exporter.export(str(SAMPLE_MODELS["iris_keras2"]), ["saved-model", "tflite", "onnx"], tmp_path)
+    result = kexport.export(str(SAMPLE_MODELS["iris_keras2"]), ["saved-model", "tflite", "onnx"], tmp_path)
     assert result.exit_code == 0
     assert calls == {"load": 1, "trace": 1}  # no rewrite fires on this model: one trace serves all
     assert set(result.seconds) >= {"load_model", "keras_reference", "total"}

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from runtimes.coreml_reference import OPS
+from kexport.runtimes.coreml_reference import OPS
 
 tf = pytest.importorskip("tensorflow")
 RNG = np.random.default_rng(7)
@@ -455,7 +455,7 @@ def test_constexpr_lut_to_dense_blockwise():
 # ---- the interpreter around the ops ------------------------------------------------------------
 
 def test_fp16_results_are_rounded_to_half_precision():
-    from runtimes.coreml_reference.program import Program, Step
+    from kexport.runtimes.coreml_reference.program import Program, Step
 
     x = np.array([[1.0, 1e-4, 3.14159265]], np.float32)
     prog = Program(inputs={"x": ((1, 3), np.float32)}, outputs=[("y", "y"), ("z", "z")], steps=[

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from conftest import SAMPLE_MODELS
-from exporter.api import build_context
-from exporter.errors import UsageError
-from exporter.options import ExportOptions
-from exporter.parity import check_artifact
-from exporter.targets import get_target
-from exporter.targets.coreml import FP32, CoreMLOptions
+from kexport.api import build_context
+from kexport.errors import UsageError
+from kexport.options import ExportOptions
+from kexport.parity import check_artifact
+from kexport.targets import get_target
+from kexport.targets.coreml import FP32, CoreMLOptions
 
 pytest.importorskip("coremltools")
 TARGET = get_target("coreml")
@@ -93,7 +93,7 @@ def test_standalone_batchnorms_stay_exact(tmp_path_factory, monkeypatch):
     import coremltools as ct
     import keras
 
-    from exporter.calibrate import calibrate_batchnorm
+    from kexport.batchnorm_stats import calibrate_batchnorm
 
     keras.utils.set_random_seed(2)
     inp = keras.Input((6, 6, 3), name="img")
@@ -114,7 +114,7 @@ def test_standalone_batchnorms_stay_exact(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="module")
 def app_ctx(tmp_path_factory):
-    from exporter.calibrate import application
+    from kexport.batchnorm_stats import application
 
     cache = {}
 
@@ -213,7 +213,7 @@ def test_grayscale_image_classifier_with_metadata(digits_ctx, tmp_path):
 def test_cli_flags_reach_the_artifact(tmp_path, capsys):
     import json
 
-    from exporter.cli import main
+    from kexport.cli import main
 
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join("abcdefghij") + "\n")
@@ -227,14 +227,14 @@ def test_cli_flags_reach_the_artifact(tmp_path, capsys):
     assert {p["runtime"]: p["status"] for p in row["parity"]}[REF] == "passed"
     spec = spec_of(out / row["artifact"])
     assert spec.description.metadata.author == "Bob" and spec.description.predictedFeatureName == "classLabel"
-    from exporter.api import verify  # re-check from report.json + reference data only
+    from kexport.api import verify  # re-check from report.json + reference data only
 
     again = verify(out).targets[0]
     assert {p.runtime: p.status for p in again.parity}[REF] == "passed", [p.reason for p in again.parity]
 
 
 def test_flags_parse_into_options():
-    from exporter.cli import build_parser
+    from kexport.cli import build_parser
 
     for command in ("coreml", "all"):
         args = build_parser().parse_args([command, "m.keras", "--format", "neuralnetwork", "--deployment-target", "iOS14",
@@ -280,13 +280,13 @@ def test_image_input_on_a_non_image_model(tmp_path):
 
 
 def test_labels_file_with_wrong_line_count_leaves_nothing_behind(tmp_path):
-    import exporter
+    import kexport
 
     labels = tmp_path / "labels.txt"
     labels.write_text("cat\ndog\n")
     out = tmp_path / "out"
     opts = ExportOptions(target_options={"coreml": CoreMLOptions(class_labels=str(labels))})
-    result = exporter.export(str(SAMPLE_MODELS["digits_cnn"]), ["coreml"], out, options=opts)
+    result = kexport.export(str(SAMPLE_MODELS["digits_cnn"]), ["coreml"], out, options=opts)
     row = result.targets[0]
     assert row.status == "unsupported"
     assert "labels.txt: 2 labels but output 'digit' has 10 classes" in row.error
@@ -297,8 +297,8 @@ def test_preflight_lists_every_unsupported_op_at_once(tmp_path):
     import keras
     import tensorflow as tf
 
-    from exporter.context import ExportContext
-    from exporter.loader import signature_of
+    from kexport.context import ExportContext
+    from kexport.loader import signature_of
 
     class Odd(keras.layers.Layer):
         def call(self, x):
@@ -314,8 +314,8 @@ def test_preflight_lists_every_unsupported_op_at_once(tmp_path):
 def test_free_length_rnn_is_reported_with_the_reason(tmp_path):
     import keras
 
-    from exporter.context import ExportContext
-    from exporter.loader import signature_of
+    from kexport.context import ExportContext
+    from kexport.loader import signature_of
 
     inp = keras.Input((None, 3), name="seq")
     model = keras.Model(inp, keras.layers.Dense(1, name="y")(keras.layers.GRU(4)(inp)))
@@ -325,7 +325,7 @@ def test_free_length_rnn_is_reported_with_the_reason(tmp_path):
 
 
 def test_unknown_op_gives_a_skipped_row_naming_it(digits_ctx, monkeypatch):
-    from runtimes.coreml_reference import OPS
+    from kexport.runtimes.coreml_reference import OPS
 
     art, _ = export_and_check(digits_ctx, "fp32")
     monkeypatch.delitem(OPS, "softmax")

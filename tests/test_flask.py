@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLE_MODELS
-from runtimes.flask_http import GunicornServer
+from kexport.runtimes.flask_http import GunicornServer
 
 LABELS = [f"digit-{i}" for i in range(10)]
 ATOL, RTOL = 1e-5, 1e-4  # FP32, as the flask target verifies (exporter/targets/base.py)
@@ -47,7 +47,7 @@ def _close(got, want):
 
 @pytest.fixture(scope="module")
 def digits_app(tmp_path_factory):
-    from exporter.cli import main
+    from kexport.cli import main
 
     tmp = tmp_path_factory.mktemp("flask_digits")
     labels = tmp / "labels.txt"
@@ -70,10 +70,10 @@ def digits(digits_app):
 
 @pytest.fixture(scope="module")
 def multi_app(tmp_path_factory):
-    import exporter
+    import kexport
 
     out = tmp_path_factory.mktemp("flask_multi")
-    result = exporter.export(str(SAMPLE_MODELS["two_in_two_out"]), ["flask"], out, verify=False)
+    result = kexport.export(str(SAMPLE_MODELS["two_in_two_out"]), ["flask"], out, verify=False)
     assert result.targets[0].status == "ok", result.targets[0].error
     server = GunicornServer(out / "flask", workers=1)
     server.wait_ready()
@@ -103,7 +103,7 @@ def test_app_is_standalone_and_pinned_without_tensorflow(digits_app):
     for pkg in ("onnxruntime", "flask", "gunicorn", "numpy"):
         assert reqs[pkg] == metadata.version(pkg)
     sources = "\n".join(p.read_text() for p in app.rglob("*.py"))
-    assert "import tensorflow" not in sources and "from exporter" not in sources and "from runtimes" not in sources
+    assert "import tensorflow" not in sources and "from kexport" not in sources and "from kexport.runtimes" not in sources
     for f in ("app.py", "wsgi.py", "gunicorn.conf.py", "Dockerfile", "README.md", "openapi.json", "model/model.onnx",
               "kexport_runtime/base.py", "kexport_runtime/onnxruntime_runtime.py"):
         assert (app / f).is_file(), f

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLE_MODELS
-from exporter.signature import ModelSignature, TensorSpec
+from kexport.signature import ModelSignature, TensorSpec
 
 SIG = ModelSignature(
     inputs=(TensorSpec("tokens", (None, 4), "int32", int_high=50), TensorSpec("x", (None, 2), "float32")),
@@ -23,7 +23,7 @@ SIG = ModelSignature(
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
-    from exporter.flask_app import AppSpec, render_app
+    from kexport.targets.flask.app import AppSpec, render_app
 
     dest = tmp_path_factory.mktemp("flask_units") / "app"
     rng = np.random.default_rng(0)
@@ -129,7 +129,7 @@ def test_micro_batcher_merges_concurrent_requests_and_splits_answers(rendered):
 
 
 def test_templates_render_strictly(rendered, monkeypatch):
-    from exporter import flask_app
+    from kexport.targets.flask import app as flask_app
 
     dest, spec = rendered
     original = flask_app._template_values
@@ -141,7 +141,7 @@ def test_templates_render_strictly(rendered, monkeypatch):
 
 
 def test_cli_usage_errors(tmp_path, capsys):
-    from exporter.cli import main
+    from kexport.cli import main
 
     model = str(SAMPLE_MODELS["digits_cnn"])
     assert main(["flask", model, "-o", str(tmp_path / "a"), "--name", "a/b"]) == 2
@@ -156,12 +156,12 @@ def test_cli_usage_errors(tmp_path, capsys):
 
 
 def test_litert_app_serves_correctly(tmp_path):
-    import exporter
-    from exporter.options import ExportOptions
-    from exporter.targets.flask import FlaskOptions
+    import kexport
+    from kexport.options import ExportOptions
+    from kexport.targets.flask import FlaskOptions
 
     opts = ExportOptions(target_options={"flask": FlaskOptions(runtime="litert", batch_window_ms=0)})
-    result = exporter.export(str(SAMPLE_MODELS["digits_cnn"]), ["flask"], tmp_path, options=opts)
+    result = kexport.export(str(SAMPLE_MODELS["digits_cnn"]), ["flask"], tmp_path, options=opts)
     (row,) = result.targets
     assert row.status == "ok" and row.parity[0].status == "passed", (row.error, row.parity)
     app = tmp_path / "flask"

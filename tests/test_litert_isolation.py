@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import exporter
-from exporter.options import ExportOptions
-from exporter.targets.tflite import TFLiteOptions
-from runtimes.isolated import IsolatedSession
+import kexport
+from kexport.options import ExportOptions
+from kexport.targets.tflite import TFLiteOptions
+from kexport.runtimes.isolated import IsolatedSession
 
 DATA = Path(__file__).parent / "data"
 
@@ -25,7 +25,7 @@ def flex_export(tmp_path_factory):
     out = tmp_path_factory.mktemp("flex")
     opts = ExportOptions(custom_objects=str(DATA / "custom_layers.py"),
                          target_options={"tflite": TFLiteOptions(allow_tf_ops=True)})
-    return exporter.export(str(DATA / "cumprod_model.keras"), ["tflite"], out, options=opts), out
+    return kexport.export(str(DATA / "cumprod_model.keras"), ["tflite"], out, options=opts), out
 
 
 def test_worker_has_no_tensorflow(sample_export):
@@ -56,7 +56,7 @@ def test_flex_model_fails_without_tensorflow_but_runs_with_it(flex_export):
     with pytest.raises(RuntimeError, match="(?i)flex|custom op|unresolved"):
         IsolatedSession("litert", path)
     import tensorflow  # noqa: F401  (what the parent process has)
-    from runtimes.litert import LiteRTSession
+    from kexport.runtimes.litert import LiteRTSession
 
     got = LiteRTSession(path).predict({"x": np.ones((2, 4), np.float32)})
     assert got["probs"].shape == (2, 3)

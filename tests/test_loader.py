@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLE_MODELS
-from exporter.errors import ModelLoadError
-from exporter.loader import lambda_layers, load_model, signature_of
+from kexport.errors import ModelLoadError
+from kexport.loader import lambda_layers, load_model, signature_of
 
 DATA = Path(__file__).parent / "data"
 
@@ -44,7 +44,7 @@ def test_embedding_bounds_integer_inputs():
 
 
 def test_normalization_statistics_shape_reference_inputs():
-    from exporter.parity import reference_inputs
+    from kexport.parity import reference_inputs
 
     sig = signature_of(load_model(SAMPLE_MODELS["wine_mlp"]))
     x = reference_inputs(sig, 64)["features"]
@@ -88,7 +88,7 @@ def test_custom_objects_file():
 
     path = DATA / "erfinv_model.keras"
     # In a fresh process: Keras' registry is global, and other tests register the layer.
-    code = ("import sys; from exporter.loader import load_model; from exporter.errors import ModelLoadError\n"
+    code = ("import sys; from kexport.loader import load_model; from kexport.errors import ModelLoadError\n"
             "try:\n    load_model(sys.argv[1])\nexcept ModelLoadError as e:\n    print(e); sys.exit(3)\n")
     res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300,
                          cwd=Path(__file__).resolve().parent.parent)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exporter.parity import compare, reference_inputs, uninformative
-from exporter.signature import ModelSignature, TensorSpec
-from exporter.targets.base import FP32, Tolerance
+from kexport.parity import compare, reference_inputs, uninformative
+from kexport.signature import ModelSignature, TensorSpec
+from kexport.targets.base import FP32, Tolerance
 
 RNG = np.random.default_rng(0)
 REF = {"probs": RNG.dirichlet(np.ones(5), size=8).astype(np.float32), "score": RNG.normal(size=(8, 1)).astype(np.float32)}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import SAMPLE_MODELS
-from exporter.targets import all_targets
+from kexport.targets import all_targets
 
 # (model, target, runtime) -> reason
 KNOWN_GAPS: dict[tuple[str, str, str], str] = {}

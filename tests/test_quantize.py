@@ -14,8 +14,8 @@ import pytest
 
 from conftest import SAMPLE_MODELS
 
-from exporter.errors import UsageError
-from exporter.options import ExportOptions
+from kexport.errors import UsageError
+from kexport.options import ExportOptions
 
 
 @pytest.fixture(scope="session")
@@ -27,12 +27,12 @@ def digits_data_files(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def digits_quantized(tmp_path_factory, digits_data_files):
-    import exporter
+    import kexport
 
     cal, ev = digits_data_files
     out = tmp_path_factory.mktemp("quantized")
     opts = ExportOptions(quantize="all", calibration=str(cal), eval=str(ev))
-    result = exporter.export(str(SAMPLE_MODELS["digits_cnn"]), ["tflite", "onnx"], out, options=opts)
+    result = kexport.export(str(SAMPLE_MODELS["digits_cnn"]), ["tflite", "onnx"], out, options=opts)
     rows = {(t["target"], t["variant"]): t for t in json.loads((out / "report.json").read_text())["targets"]}
     return result, out, rows
 
@@ -100,8 +100,8 @@ def test_int8_io_image_folder_calibration_without_labels(tmp_path, digits_data_f
     images) and accuracy is unknown (null), never invented."""
     from PIL import Image
 
-    import exporter
-    from exporter.targets.tflite import TFLiteOptions
+    import kexport
+    from kexport.targets.tflite import TFLiteOptions
 
     with np.load(digits_data_files[0]) as z:
         pixels = z["pixels"][:64]
@@ -111,7 +111,7 @@ def test_int8_io_image_folder_calibration_without_labels(tmp_path, digits_data_f
         Image.fromarray(np.round(img[..., 0] * 255).astype(np.uint8)).save(folder / f"{i:03d}.png")
     opts = ExportOptions(calibration=str(folder), target_options={"tflite": TFLiteOptions(quantize="int8", int8_io=True)},
                          quantize="int8")
-    result = exporter.export(str(SAMPLE_MODELS["digits_cnn"]), ["tflite"], tmp_path, options=opts)
+    result = kexport.export(str(SAMPLE_MODELS["digits_cnn"]), ["tflite"], tmp_path, options=opts)
     row = next(t for t in result.to_json()["targets"] if t["variant"] == "int8")
     assert row["int8_io"] is True
     assert row["parity"][0]["status"] == "passed", row["parity"]
@@ -150,7 +150,7 @@ def _outlier_model(path: Path, factor: float = 1e4) -> Path:
 
 
 def test_gate_refuses_a_variant_that_broke_the_model(tmp_path, digits_data_files):
-    from exporter.cli import main
+    from kexport.cli import main
 
     cal, ev = digits_data_files
     model = _outlier_model(tmp_path / "outlier.keras")
@@ -175,9 +175,9 @@ def test_gate_refuses_a_variant_that_broke_the_model(tmp_path, digits_data_files
 
 
 def test_gate_thresholds():
-    from exporter.report import TargetResult
-    from exporter.targets import Artifact
-    from exporter.variant_metrics import apply_gate
+    from kexport.report import TargetResult
+    from kexport.targets import Artifact
+    from kexport.variant_metrics import apply_gate
 
     def gate(agree, delta, **kw):
         row = TargetResult("tflite", "int8", artifact="x")
@@ -195,8 +195,8 @@ def test_gate_thresholds():
 
 
 def test_quantize_vocabulary():
-    from exporter.quantize import check_vocabulary, selected
-    from exporter.targets import get_target
+    from kexport.quantize import check_vocabulary, selected
+    from kexport.targets import get_target
 
     tfl, onnx = get_target("tflite"), get_target("onnx")
     assert selected("all", tfl.QUANTIZE) == ["dynamic", "float16", "int8"]
@@ -210,7 +210,7 @@ def test_quantize_vocabulary():
 
 
 def test_bad_data_files_give_one_line_errors(tmp_path, digits_ctx):
-    from exporter.quantize import _match_labels, load_npz
+    from kexport.quantize import _match_labels, load_npz
 
     np.savez(tmp_path / "wrong_name.npz", image=np.zeros((4, 8, 8, 1), np.float32))
     with pytest.raises(UsageError, match=r"wrong_name.npz: --eval lacks arrays \['pixels'\]"):
@@ -228,7 +228,7 @@ def test_bad_data_files_give_one_line_errors(tmp_path, digits_ctx):
 def test_image_folder_as_calibration_and_eval_data(tmp_path, digits_ctx):
     from PIL import Image
 
-    from exporter.quantize import load_images
+    from kexport.quantize import load_images
 
     rng = np.random.default_rng(0)
     for cls in ("0_zero", "1_one"):
@@ -247,7 +247,7 @@ def test_image_folder_as_calibration_and_eval_data(tmp_path, digits_ctx):
 
 
 def test_cli_usage_errors_exit_2_before_loading_the_model(tmp_path, capsys):
-    from exporter.cli import main
+    from kexport.cli import main
 
     model = str(SAMPLE_MODELS["digits_cnn"])
     assert main(["onnx", model, "-o", str(tmp_path), "--quantize", "float16"]) == 2

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from exporter.targets import all_targets
-from exporter.targets.base import Target, register_target
-from runtimes import all_runtimes
-from runtimes.base import Runtime, register_runtime
+from kexport.targets import all_targets
+from kexport.targets.base import Target, register_target
+from kexport.runtimes import all_runtimes
+from kexport.runtimes.base import Runtime, register_runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,7 +32,7 @@ def test_every_runtime_named_by_a_target_exists():
 
 
 def test_every_runtime_verifies_some_target_or_is_the_reference():
-    from exporter import tf_serving
+    from kexport.targets import tf_serving
 
     used = {rt for t in all_targets().values() for rt in t.runtimes} | {"keras"} | set(tf_serving.RUNTIMES)
     assert set(all_runtimes()) <= used, f"runtimes no target uses: {set(all_runtimes()) - used}"
@@ -69,7 +69,7 @@ def test_runtimes_import_without_tensorflow():
                 if name.split('.')[0] in ('tensorflow', 'keras', 'tf_keras', 'coremltools', 'tf2onnx', 'tensorflowjs'):
                     raise ImportError('blocked: ' + name)
         sys.meta_path.insert(0, Block())
-        import runtimes
+        import kexport.runtimes as runtimes
         names = sorted(runtimes.all_runtimes())
         assert 'onnxruntime' in names and 'litert' in names, names
         print('ok', len(names))

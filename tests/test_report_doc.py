@@ -51,6 +51,6 @@ def test_real_report_has_the_schema_and_every_field_is_documented(sample_export)
 
 
 def test_example_targets_match_the_registry():
-    from exporter.targets import all_targets
+    from kexport.targets import all_targets
 
     assert {r["target"] for r in _example()["targets"]} == set(all_targets())

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLE_MODELS
-from exporter.errors import UsageError
-from exporter.options import ExportOptions
-from exporter.tf_serving import TFServingOptions, export_repository
-from exporter.tf_serving_proto import BatchingParameters, read_config
+from kexport.errors import UsageError
+from kexport.options import ExportOptions
+from kexport.targets.tf_serving import TFServingOptions, export_repository
+from kexport.targets.tf_serving.proto import BatchingParameters, read_config
 
 LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 CHECKS = ("tf-saved-model", "tf-saved-model-cli", "signature-defs", "warmup-replay")
@@ -87,7 +87,7 @@ def test_version_published_and_checked(tfs_repo, name, version):
 
 
 def test_two_versions_side_by_side_in_models_config(tfs_repo):
-    from exporter.tf_serving_proto import model_versions, served_versions
+    from kexport.targets.tf_serving.proto import model_versions, served_versions
 
     assert model_versions(tfs_repo.root / "digits_cnn") == [1, 2]
     assert _digest(tfs_repo.root / "digits_cnn" / "1") == tfs_repo.v1_before, "version 1 changed"
@@ -129,8 +129,8 @@ def parse_show_all(text: str) -> dict:
 
 
 def test_saved_model_cli_show_lists_both_signatures(tfs_repo):
-    from exporter.tf_serving_checks import read_signature_defs
-    from runtimes.tf_saved_model_cli import saved_model_cli
+    from kexport.targets.tf_serving.checks import read_signature_defs
+    from kexport.runtimes.tf_saved_model_cli import saved_model_cli
 
     vdir = tfs_repo.root / "digits_cnn" / "2"
     proc = subprocess.run([saved_model_cli(), "show", "--dir", str(vdir), "--all"], capture_output=True, text=True,
@@ -186,7 +186,7 @@ def test_warmup_requests_parse_and_replay(tfs_repo):
 
 
 def test_readme_and_compose_match_the_repository(tfs_repo):
-    from exporter.tf_serving_readme import serving_image
+    from kexport.targets.tf_serving.readme import serving_image
 
     readme = (tfs_repo.root / "README.md").read_text()
     compose = (tfs_repo.root / "docker-compose.yml").read_text()
@@ -216,16 +216,16 @@ def _readme_requests(readme: str, name: str):
 def test_readme_requests_answered_by_generated_flask_server(tfs_repo, tmp_path, name):
     """A client written for this bundle works against the generated Flask server: the README's
     own REST requests (row and columnar) get Keras' answers, in TF-Serving's response shapes."""
-    import exporter
-    from exporter.targets import all_targets
+    import kexport
+    from kexport.targets import all_targets
 
     if "flask" not in all_targets():
         pytest.skip("the flask target (issue 5) is not registered yet")
-    from exporter.targets.flask import FlaskOptions
-    from runtimes.flask_http import GunicornServer, http
+    from kexport.targets.flask import FlaskOptions
+    from kexport.runtimes.flask_http import GunicornServer, http
 
     opts = ExportOptions(verify=False, target_options={"flask": FlaskOptions(name=name, workers=1, threads=2)})
-    result = exporter.export(str(SAMPLE_MODELS[name]), ["flask"], tmp_path, options=opts)
+    result = kexport.export(str(SAMPLE_MODELS[name]), ["flask"], tmp_path, options=opts)
     (row,) = result.targets
     assert row.status == "ok", row.error
     readme = (tfs_repo.root / "README.md").read_text()
@@ -258,7 +258,7 @@ def test_readme_requests_answered_by_generated_flask_server(tfs_repo, tmp_path, 
 
 
 def test_published_report_reverifies(tfs_repo):
-    from exporter.api import verify
+    from kexport.api import verify
 
     result = verify(tfs_repo.report_dir("two_in_two_out", 1))
     assert result.ok, result.failures()
@@ -268,8 +268,8 @@ def test_published_report_reverifies(tfs_repo):
 
 # ----------------------------------------------------------------------------- bad input, no model load
 def test_batching_defaults_round_trip_and_flags(tmp_path):
-    from exporter.cli import build_parser
-    from exporter.tf_serving import options_from_args
+    from kexport.cli import build_parser
+    from kexport.targets.tf_serving import options_from_args
 
     d = BatchingParameters().validated()
     assert BatchingParameters.from_text(d.to_text()) == d
@@ -302,7 +302,7 @@ def _cli(*argv) -> tuple[int, str]:
     import contextlib
     import io
 
-    from exporter.cli import main
+    from kexport.cli import main
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
@@ -342,7 +342,7 @@ def _fake_model(repo: Path, name: str, versions) -> None:
 
 def test_models_config_policies(tmp_path):
     """Bookkeeping only (no SavedModel is loaded): which policy each entry gets and keeps."""
-    from exporter.tf_serving_proto import build_config, config_text, parse_version_policy, served_versions
+    from kexport.targets.tf_serving.proto import build_config, config_text, parse_version_policy, served_versions
 
     repo = tmp_path / "repo"
     _fake_model(repo, "a", [1, 2])
@@ -402,7 +402,7 @@ def test_existing_version_refused_unless_force(iris_repo):
 
 
 def test_failed_run_changes_nothing(iris_repo, tmp_path, monkeypatch):
-    import exporter.tf_serving as tfs
+    import kexport.targets.tf_serving.publish as tfs
 
     before = _snapshot(iris_repo)
     labels = tmp_path / "labels.txt"
@@ -437,7 +437,7 @@ def test_next_free_version_and_new_model_listed(iris_repo):
 @pytest.mark.parametrize("name,ok", [("digits", True), ("a.b-c_1", True), ("x" * 128, True), ("x" * 129, False),
                                      ("-lead", False), ("sp ace", False), ("", False), ("ü", False)])
 def test_model_name_rule(name, ok):
-    from exporter.tf_serving_proto import check_model_name
+    from kexport.targets.tf_serving.proto import check_model_name
 
     if ok:
         assert check_model_name(name) == name
@@ -448,14 +448,14 @@ def test_model_name_rule(name, ok):
 
 @pytest.mark.parametrize("sig", ["serving_default", "top k", "1st", ""])
 def test_extra_signature_name_rule(sig):
-    from exporter.tf_serving_proto import check_signature_name
+    from kexport.targets.tf_serving.proto import check_signature_name
 
     with pytest.raises(UsageError, match="not a usable extra signature name"):
         check_signature_name(sig)
 
 
 def test_saved_model_cli_runtime_refuses_a_non_savedmodel(tmp_path):
-    from runtimes import get_runtime
+    from kexport.runtimes import get_runtime
 
     rt = get_runtime("tf-saved-model-cli")
     assert rt.available() is None

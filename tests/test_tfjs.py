@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import exporter
+import kexport
 from conftest import SAMPLE_MODELS
-from exporter.options import ExportOptions
-from exporter.targets.tfjs import TfjsOptions
+from kexport.options import ExportOptions
+from kexport.targets.tfjs import TfjsOptions
 
 RUNTIMES = ("tfjs-node-cpu", "tfjs-node-wasm", "tfjs-chromium")
 
@@ -26,7 +26,7 @@ RUNTIMES = ("tfjs-node-cpu", "tfjs-node-wasm", "tfjs-chromium")
 def _export(model, out, **kw):
     inputs = kw.pop("inputs", None)
     quantize = kw.get("quantize")
-    return exporter.export(str(model), ["tfjs"], out, options=ExportOptions(
+    return kexport.export(str(model), ["tfjs"], out, options=ExportOptions(
         inputs=inputs, quantize=quantize, target_options={"tfjs": TfjsOptions(**kw)}))
 
 
@@ -64,7 +64,7 @@ def test_layers_format_loads_and_matches_everywhere(layers_exports, model):
 def test_layers_preflight_lists_every_problem_at_once():
     import keras
 
-    from exporter.tfjs_layers import layers_problems
+    from kexport.targets.tfjs.layers import layers_problems
 
     inp = keras.Input((4,), name="x")
     a = keras.layers.Lambda(lambda t: t * 2, name="double")(inp)
@@ -84,8 +84,8 @@ def test_tfjs_layer_list_matches_the_installed_package():
     """TFJS_LAYERS is a copy of what TF.js registers; it must not claim a class TF.js lacks."""
     import subprocess
 
-    from exporter.tfjs_layers import TFJS_LAYERS
-    from runtimes.tfjs_node import RUNNER_DIR, node_missing
+    from kexport.targets.tfjs.layers import TFJS_LAYERS
+    from kexport.runtimes.tfjs_node import RUNNER_DIR, node_missing
 
     if node_missing():
         pytest.skip(node_missing())
@@ -172,8 +172,8 @@ def _draw_digit(page, box, strokes):
 
 
 def test_demo_page_draws_a_digit_and_predicts_like_keras(digits_quantized, digits_ctx, tmp_path):
-    from exporter.tfjs_demo import make_server
-    from runtimes.tfjs_chromium import TfjsChromium, browser
+    from kexport.targets.tfjs.demo import make_server
+    from kexport.runtimes.tfjs_chromium import TfjsChromium, browser
 
     reason = TfjsChromium().available()
     if reason:
@@ -220,8 +220,8 @@ def test_demo_page_classifies_a_chosen_image_like_keras(squeeze_excite, squeeze_
     import keras
     from PIL import Image
 
-    from exporter.tfjs_demo import make_server
-    from runtimes.tfjs_chromium import TfjsChromium, browser
+    from kexport.targets.tfjs.demo import make_server
+    from kexport.runtimes.tfjs_chromium import TfjsChromium, browser
 
     reason = TfjsChromium().available()
     if reason:
@@ -258,13 +258,13 @@ def test_demo_page_classifies_a_chosen_image_like_keras(squeeze_excite, squeeze_
 def test_mobilenet_v2_converts_and_passes_in_node_wasm(tmp_path_factory):
     """Converted once; checked in Node (wasm, and cpu). The browser row is left to the CLI: a
     first WebGL run of MobileNetV2 under SwiftShader compiles shaders for ~15 s of CPU."""
-    from exporter.calibrate import application
-    from exporter.parity import check_artifact
-    from exporter.targets import Artifact, get_target
+    from kexport.batchnorm_stats import application
+    from kexport.parity import check_artifact
+    from kexport.targets import Artifact, get_target
 
     d = tmp_path_factory.mktemp("tfjs_mnv2")
     application("MobileNetV2", (96, 96, 3), alpha=0.35, seed=0).save(d / "mnv2.keras")
-    result = exporter.export(str(d / "mnv2.keras"), ["tfjs"], d / "out", options=ExportOptions(samples=4), verify=False)
+    result = kexport.export(str(d / "mnv2.keras"), ["tfjs"], d / "out", options=ExportOptions(samples=4), verify=False)
     (row,) = result.targets
     assert row.status == "ok", row.error
     art = Artifact(d / "out" / row.artifact, runtime_options=row.extra["runtime_options"])
@@ -295,7 +295,7 @@ def _fused(name, bias, ops=("BiasAdd",)):
 
 
 def test_nonvector_bias_is_unfused_and_vector_bias_kept():
-    from exporter.tfjs_graph import unfuse_nonvector_bias
+    from kexport.targets.tfjs.graph import unfuse_nonvector_bias
 
     mj = {"modelTopology": {"node": [
         {"name": "h", "op": "MatMul", "input": ["x", "u"]},
@@ -339,7 +339,7 @@ def squeeze_excite_export(squeeze_excite, tmp_path_factory):
 
 
 def test_hard_sigmoid_conv_fusion_is_repaired_for_wasm(squeeze_excite, squeeze_excite_export, tmp_path, monkeypatch):
-    from exporter import tfjs_graph
+    from kexport.targets.tfjs import graph as tfjs_graph
 
     result, _ = squeeze_excite_export
     (row,) = result.targets
@@ -358,7 +358,7 @@ def test_cumprod_negative_axis_is_repaired(tmp_path):
     a matMul shape error downstream, wasm: out-of-bounds memory, webgl: a shader that does not
     compile). The repair feeds rank + axis; all three runtimes then match."""
     data = Path(__file__).parent / "data"
-    result = exporter.export(str(data / "cumprod_model.keras"), ["tfjs"], tmp_path,
+    result = kexport.export(str(data / "cumprod_model.keras"), ["tfjs"], tmp_path,
                              options=ExportOptions(custom_objects=str(data / "custom_layers.py")))
     (row,) = result.targets
     assert any("negative axis" in n for n in row.notes), row.notes
@@ -366,7 +366,7 @@ def test_cumprod_negative_axis_is_repaired(tmp_path):
 
 
 def test_unknown_fused_activation_is_reported():
-    from exporter.tfjs_graph import unfuse_nonvector_bias
+    from kexport.targets.tfjs.graph import unfuse_nonvector_bias
 
     mj = {"modelTopology": {"node": [_fused("conv", "b", ("BiasAdd", "_FusedHardSwish"))]},
           "weightsManifest": []}
@@ -377,7 +377,7 @@ def test_unknown_fused_activation_is_reported():
 def test_graph_preflight_lists_every_unsupported_op():
     import tensorflow as tf
 
-    from exporter.tfjs_graph import unsupported_tf_ops
+    from kexport.targets.tfjs.graph import unsupported_tf_ops
 
     @tf.function(input_signature=[tf.TensorSpec([3, 3], tf.float32)])
     def f(x):
@@ -390,7 +390,7 @@ def test_graph_preflight_lists_every_unsupported_op():
 # ---- bad input, missing runtimes ----------------------------------------------------------------
 
 def test_broken_model_json_fails_verify_with_a_clear_error(digits_quantized, tmp_path):
-    from exporter.cli import main
+    from kexport.cli import main
 
     _, out = digits_quantized
     copy = tmp_path / "export"
@@ -400,7 +400,7 @@ def test_broken_model_json_fails_verify_with_a_clear_error(digits_quantized, tmp
     (copy / "report.json").write_text(json.dumps(report))
     broken = copy / "tfjs" / "fp32" / "model.json"
     broken.write_text(broken.read_text()[:200])
-    result = exporter.verify(copy)
+    result = kexport.verify(copy)
     row = next(r for r in result.targets if r.variant == "fp32")
     for p in row.parity:
         if p.status == "skipped":
@@ -411,9 +411,9 @@ def test_broken_model_json_fails_verify_with_a_clear_error(digits_quantized, tmp
 
 
 def test_missing_node_and_chromium_give_skipped_rows(digits_quantized, monkeypatch):
-    from exporter.parity import check_artifact
-    from exporter.targets import FP32, Artifact
-    from runtimes import tfjs_chromium, tfjs_node
+    from kexport.parity import check_artifact
+    from kexport.targets import FP32, Artifact
+    from kexport.runtimes import tfjs_chromium, tfjs_node
 
     result, out = digits_quantized
     row = result.targets[0]

@@ -16,9 +16,8 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConversionError
+from ..errors import ConversionError, first_line
 from .base import FP32, Artifact, Target, Tolerance, register_target
-from .tflite import first_line
 
 QUANTIZE = ("dynamic", "int8")
 # Same reasoning as the TFLite variants (exporter/targets/tflite.py): 8-bit steps of each

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConversionError, UnsupportedError
+from ..errors import ConversionError, UnsupportedError, first_line
 from ..native_log import captured_native_stderr
 from .base import FP32, Artifact, Target, Tolerance, register_target
 
@@ -177,8 +177,3 @@ def non_builtin_ops(text: str) -> list[str]:
         if m:
             ops += [o.strip().strip(".") for o in m.group(1).split(",")]
     return [o for o in ops if o]
-
-
-def first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return (lines[0] if lines else type(e).__name__)[:300]

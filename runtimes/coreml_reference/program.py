@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtimes.base import UnsupportedOp
+from ..base import UnsupportedOp
 
 from .registry import OPS
 

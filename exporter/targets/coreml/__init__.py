@@ -18,9 +18,8 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConversionError, UnsupportedError, UsageError
-from .base import Artifact, Target, Tolerance, register_target
-from .tflite import first_line
+from ...errors import ConversionError, UnsupportedError, UsageError, first_line
+from ..base import Artifact, Target, Tolerance, register_target
 
 IOS_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
 NN_TARGETS = ("iOS13", "iOS14", "macOS10_15", "macOS11")  # legacy neuralnetwork format only
@@ -115,7 +114,7 @@ class CoreMLTarget(Target):
         )
 
     def variants(self, options) -> list[str]:
-        from ..quantize import selected
+        from ...quantize import selected
 
         base = "fp16" if options.precision == "float16" else "fp32"
         if options.format == "neuralnetwork":
@@ -131,7 +130,7 @@ class CoreMLTarget(Target):
 
         check_options(ctx.signature, options, self.name)
         # the graph coremltools converts: the traced function (its loops stay StatelessWhile)
-        from ..context import op_types
+        from ...context import op_types
 
         ops_used = op_types(ctx.serving_function(rewrite=True)[0].graph.as_graph_def())
         problems = []
@@ -320,7 +319,7 @@ def _compress(mlmodel, variant, target):
 
 
 def _metadata(mlmodel, ctx, options, notes) -> None:
-    from .. import __version__
+    from ... import __version__
 
     for attr, value in (("author", options.author), ("license", options.license),
                         ("short_description", options.short_description), ("version", options.model_version)):

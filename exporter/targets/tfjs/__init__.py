@@ -20,9 +20,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConversionError, UnsupportedError, UsageError
-from .base import FP32, Artifact, Target, Tolerance, register_target
-from .tflite import first_line
+from ...errors import ConversionError, UnsupportedError, UsageError, first_line
+from ..base import FP32, Artifact, Target, Tolerance, register_target
 
 FORMATS = ("graph", "layers")
 QUANTIZE_CHOICES = ("float16", "uint8", "uint16")
@@ -89,7 +88,7 @@ class TfjsTarget(Target):
                            demo=bool(getattr(args, "demo", False)))
 
     def variants(self, options) -> list[str]:
-        from ..quantize import selected
+        from ...quantize import selected
 
         return ["fp32"] + selected(options.quantize, QUANTIZE_CHOICES)
 
@@ -98,10 +97,10 @@ class TfjsTarget(Target):
 
     def preflight(self, ctx, options) -> list[str]:
         if options.format == "layers":
-            from ..tfjs_layers import layers_problems
+            from .layers import layers_problems
 
             return layers_problems(ctx.model)
-        from ..tfjs_graph import STRUCTURAL_OPS, unsupported_tf_ops
+        from .graph import STRUCTURAL_OPS, unsupported_tf_ops
 
         # The traced (rewritten) function, not the frozen graph: freezing means writing and
         # reloading a SavedModel, which the converter does again anyway. Variable reads are the
@@ -114,7 +113,7 @@ class TfjsTarget(Target):
         out = dest / variant
         qmap = None if variant == "fp32" else {variant: True}
         if options.format == "layers":
-            from ..tfjs_layers import write_layers_model
+            from .layers import write_layers_model
 
             notes, runtime_options = write_layers_model(ctx, out, qmap, options.shard_size, self.name)
         else:
@@ -128,7 +127,7 @@ class TfjsTarget(Target):
             ctx._cache["tfjs.fp32_bytes"] = size
             art.extra["runtime_timing"] = self._timing(art, ctx)
             if options.demo:
-                from ..tfjs_demo import write_demo
+                from .demo import write_demo
 
                 write_demo(ctx, dest, out, runtime_options)
                 art.notes.append("demo page: index.html (kexport serve-demo OUT)")
@@ -139,7 +138,7 @@ class TfjsTarget(Target):
         return art
 
     def _graph(self, ctx, out: Path, qmap, shard_size: int):
-        from ..tfjs_graph import quiet_tensorflowjs, repair_model_json
+        from .graph import quiet_tensorflowjs, repair_model_json
 
         quiet_tensorflowjs()
         from tensorflowjs.converters.tf_saved_model_conversion_v2 import convert_tf_saved_model
@@ -169,7 +168,7 @@ class TfjsTarget(Target):
     def _timing(self, art: Artifact, ctx) -> dict:
         """Node start, load and per-prediction latency, cpu vs wasm, and the backend the browser
         page uses (report.json `runtime_timing`)."""
-        from runtimes import tfjs_chromium, tfjs_node
+        from kexport.runtimes import tfjs_chromium, tfjs_node
 
         kw = dict(fmt=art.runtime_options.get("format", "graph"), output_map=art.runtime_options.get("output_map"))
         out = {f"tfjs-node-{b}": v for b, v in tfjs_node.timing(art.path, ctx.inputs, **kw).items()}

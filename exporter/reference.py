@@ -1,32 +1,20 @@
-"""The reference runtime: the Keras model itself."""
+"""The reference: the Keras model itself, called with named inputs, answering named outputs.
+
+Core, not a runtime adapter: it needs the loader, and runtimes/ must stay importable without the
+core (generated servers copy them).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .base import Runtime, module_missing, register_runtime
-
-
-@register_runtime
-class KerasRuntime(Runtime):
-    name = "keras"
-    install_hint = "pip install kexport"
-
-    def available(self):
-        return module_missing("keras", "keras")
-
-    def load(self, path, **options):
-        return KerasSession(options.get("model") or path, options.get("signature"))
-
 
 class KerasSession:
     def __init__(self, model_or_path, signature=None):
+        from .loader import load_model, signature_of
+
         if isinstance(model_or_path, (str, bytes)) or hasattr(model_or_path, "__fspath__"):
-            from exporter.loader import load_model
-
             model_or_path = load_model(model_or_path)
-        from exporter.loader import signature_of
-
         self.model = model_or_path
         self.signature = signature or signature_of(self.model)
 

@@ -7,7 +7,7 @@ import json
 from importlib import metadata
 from pathlib import Path
 
-from .report import REPORT_NAME
+from ...report import REPORT_NAME
 
 REST_PORT, GRPC_PORT = 8501, 8500
 
@@ -24,7 +24,9 @@ def serving_image() -> str:
 def _env():
     import jinja2
 
-    root = Path(__file__).resolve().parent.parent / "templates" / "tf_serving"
+    from ... import templates
+
+    root = templates.ROOT / "tf_serving"
     return jinja2.Environment(loader=jinja2.FileSystemLoader(str(root)), undefined=jinja2.StrictUndefined,
                               keep_trailing_newline=True, autoescape=False)
 
@@ -56,7 +58,7 @@ def _model_info(repo: Path, name: str, versions: list[int], current: dict) -> di
 
 
 def render_repository_files(dest: Path, repo: Path, config, batching, base_path: str, current: dict) -> None:
-    from .tf_serving_proto import model_versions, served_versions
+    from .proto import model_versions, served_versions
 
     models = []
     for entry in config.model_config_list.config:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConversionError, UnsupportedError
+from ...errors import ConversionError, UnsupportedError, first_line
 
 # Layer classes TF.js 4.22 registers (tf.serialization.SerializationMap, checked by
 # tests/test_tfjs_layers.py against the installed package).
@@ -200,7 +200,7 @@ def build_keras2(ctx, target: str):
                 layer2.set_weights(_weights_for(layer3, layer2))
     except Exception as e:  # tf_keras raises ValueError/TypeError/KeyError on a bad config
         raise ConversionError(f"target '{target}': the Keras 2 translation of the config was refused by "
-                              f"tf_keras: {str(e).splitlines()[0][:300]}") from e
+                              f"tf_keras: {first_line(e)}") from e
     got = twin(_ordered_inputs(ctx, twin), training=False)
     got = got if isinstance(got, (list, tuple)) else [got]
     for name, value in zip(ctx.signature.output_names, got):
@@ -222,7 +222,7 @@ def _ordered_inputs(ctx, twin):
 
 
 def write_layers_model(ctx, out: Path, qmap, shard_size: int, target: str) -> tuple[list[str], dict]:
-    from .tfjs_graph import quiet_tensorflowjs
+    from .graph import quiet_tensorflowjs
 
     quiet_tensorflowjs()
     from tensorflowjs.converters.keras_h5_conversion import save_keras_model
@@ -232,7 +232,7 @@ def write_layers_model(ctx, out: Path, qmap, shard_size: int, target: str) -> tu
         save_keras_model(twin, str(out), quantization_dtype_map=qmap, weight_shard_size_bytes=shard_size)
     except Exception as e:  # the converter raises plain Exceptions
         raise ConversionError(f"target '{target}': tensorflowjs could not write the layers model: "
-                              f"{str(e).splitlines()[0][:300]}") from e
+                              f"{first_line(e)}") from e
     notes = ["Keras 3 config translated to the Keras 2 form TF.js reads (tf_keras twin checked on the reference inputs)"]
     if any(type(layer).__name__ == "Normalization" for layer in ctx.model.layers):
         notes.append("Normalization -> BatchNormalization(center=False, scale=False, epsilon=1e-12): same affine map")

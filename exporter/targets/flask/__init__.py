@@ -11,8 +11,8 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UnsupportedError, UsageError
-from .base import Artifact, Target, register_target
+from ...errors import UnsupportedError, UsageError
+from ..base import Artifact, Target, register_target
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class FlaskTarget(Target):
         return opts
 
     def preflight(self, ctx, options) -> list[str]:
-        from ..flask_app import read_labels
+        from .app import read_labels
 
         _check(options)
         if options.class_labels:  # a labels file that fits no output fails before any conversion
@@ -85,7 +85,7 @@ class FlaskTarget(Target):
         return inner.preflight(ctx, inner.Options())
 
     def export(self, ctx, dest: Path, options, variant: str) -> Artifact:
-        from ..flask_app import AppSettings, AppSpec, read_labels, render_app
+        from .app import AppSettings, AppSpec, read_labels, render_app
 
         _check(options)
         labels = read_labels(options.class_labels, ctx.signature) if options.class_labels else {}
@@ -110,7 +110,7 @@ class FlaskTarget(Target):
 
 def _inner(options):
     """The target whose export code writes the artifact the app embeds."""
-    from .base import get_target
+    from ..base import get_target
 
     return get_target("onnx" if options.runtime == "onnxruntime" else "tflite")
 

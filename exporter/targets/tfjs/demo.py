@@ -36,8 +36,8 @@ def pixel_scale(model) -> float:
 
 
 def write_demo(ctx, dest: Path, model_dir: Path, runtime_options: dict) -> Path:
-    from runtimes.tfjs_chromium import copy_vendor, render
-    from runtimes.tfjs_node import input_names, layers_fetch, output_names, read_model_json
+    from kexport.runtimes.tfjs_chromium import copy_vendor, render
+    from kexport.runtimes.tfjs_node import input_names, layers_fetch, output_names, read_model_json
 
     fmt = runtime_options.get("format", "graph")
     model_json = read_model_json(model_dir / "model.json")
@@ -72,7 +72,7 @@ def write_demo(ctx, dest: Path, model_dir: Path, runtime_options: dict) -> Path:
 
 def demo_root(out) -> Path:
     """The folder holding index.html: OUT itself or OUT/tfjs (an export directory)."""
-    from .errors import UsageError
+    from ...errors import UsageError
 
     out = Path(out)
     for folder in (out, out / "tfjs"):
@@ -99,7 +99,7 @@ def make_server(out, host: str = "127.0.0.1", port: int = 8000):
     try:
         return http.server.ThreadingHTTPServer((host, port), functools.partial(Handler, directory=str(root)))
     except OSError as e:
-        from .errors import UsageError
+        from ...errors import UsageError
 
         raise UsageError(f"cannot listen on {host}:{port} ({e.strerror}); pass --port with a free port") from e
 

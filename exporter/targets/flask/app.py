@@ -1,6 +1,6 @@
 """Render the standalone Flask app (templates/flask_app/) around an ONNX or TFLite artifact.
 
-The app is self-contained: the runtime adapter is copied from runtimes/ into
+The app is self-contained: the runtime adapter is copied from runtimes/ (kexport.runtimes) into
 `kexport_runtime/`, the signature is written to `model/model.json`, and requirements.txt pins
 the light runtime, Flask, gunicorn and numpy at the versions installed here. Nothing in the
 app imports TensorFlow or kexport.
@@ -17,13 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .errors import UsageError
-from .signature import ModelSignature
+from ... import __version__
+from ...errors import UsageError
+from ...signature import ModelSignature
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "flask_app"
-RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtimes"
-# runtime -> (adapter module copied from runtimes/, pip distribution it needs)
+from ... import runtimes as runtimes_package, templates
+
+TEMPLATE_DIR = templates.ROOT / "flask_app"
+RUNTIME_DIR = Path(runtimes_package.__file__).resolve().parent
+# runtime -> (adapter module copied from kexport.runtimes/, pip distribution it needs)
 APP_RUNTIMES = {"onnxruntime": ("onnxruntime_runtime.py", "onnxruntime"),
                 "litert": ("litert.py", "ai-edge-litert")}
 SERVING_PACKAGES = ("numpy", "flask", "werkzeug", "gunicorn")
@@ -120,7 +122,7 @@ def render_app(dest: Path, spec: AppSpec) -> None:
     (dest / "model" / "model.json").write_text(json.dumps(meta, indent=2))
     np.savez(dest / "tests" / "reference_inputs.npz", **spec.inputs)
     np.savez(dest / "tests" / "reference_outputs.npz", **spec.outputs)
-    from .flask_openapi import openapi_spec
+    from .openapi import openapi_spec
 
     (dest / "openapi.json").write_text(json.dumps(openapi_spec(spec), indent=2))
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)), undefined=jinja2.StrictUndefined,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
+from ...errors import UsageError
 
 CONFIG_NAME = "models.config"
 BATCHING_NAME = "batching_parameters.txt"

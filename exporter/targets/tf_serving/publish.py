@@ -14,7 +14,7 @@ The version is built in REPO/.kexport-tf-serving-*/ and checked there (SavedMode
 place, so a failed run leaves REPO as it was. See docs/tf_serving.md.
 
 Example:
-    from exporter.tf_serving import TFServingOptions, export_repository
+    from kexport.targets.tf_serving import TFServingOptions, export_repository
     result = export_repository("model.keras", "repo", TFServingOptions(name="digits"))
     assert result.ok and (Path("repo/digits/1/saved_model.pb")).exists()
 """
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import KexportError, UsageError
-from .options import ExportOptions
-from .tf_serving_proto import BATCHING_NAME, CONFIG_NAME, WARMUP_NAME, BatchingParameters
+from ...errors import KexportError, UsageError
+from ...options import ExportOptions
+from .proto import BATCHING_NAME, CONFIG_NAME, WARMUP_NAME, BatchingParameters
 
 RUNTIMES = ("tf-saved-model", "tf-saved-model-cli")
 REPORT_DIR = ("assets.extra", "kexport")  # inside the version: travels with it, ignored by TF-Serving
@@ -123,10 +123,10 @@ def export_repository(model, repo, options: TFServingOptions | None = None, expo
                       progress=None):
     """Add one version of `model` to the TF-Serving repository `repo`; returns the ExportResult
     (also written to REPO/NAME/<version>/assets.extra/kexport/report.json when published)."""
-    from . import __version__
-    from .api import build_context, ensure_writable, versions
-    from .report import ExportResult
-    from .tf_serving_proto import check_model_name, parse_version_policy, read_config
+    from ... import __version__
+    from ...api import build_context, ensure_writable, versions
+    from ...report import ExportResult
+    from .proto import check_model_name, parse_version_policy, read_config
 
     options = options or TFServingOptions()
     eopts = export_options or ExportOptions()
@@ -181,7 +181,7 @@ def export_repository(model, repo, options: TFServingOptions | None = None, expo
 
 
 def _extra_signature_name(options) -> str | None:
-    from .tf_serving_proto import check_signature_name
+    from .proto import check_signature_name
 
     given = [f for f, v in (("--signature", options.signature), ("--top-k", options.top_k),
                             ("--classifier-output", options.classifier_output)) if v is not None]
@@ -246,8 +246,8 @@ def _classify_spec(ctx, options, extra_sig) -> dict | None:
 
 
 def _build_version(ctx, vdir: Path, name: str, classify, max_rows: int):
-    from .report import TargetResult
-    from .tf_serving_proto import predict_log, warmup_batches, write_warmup
+    from ...report import TargetResult
+    from .proto import predict_log, warmup_batches, write_warmup
 
     t0 = time.perf_counter()
     if classify:
@@ -275,7 +275,7 @@ def _write_two_signature_model(ctx, path: Path, classify: dict) -> None:
     import keras
     import tensorflow as tf
 
-    from .context import tensor_specs
+    from ...context import tensor_specs
 
     _, serve, _ = ctx.serving_function(rewrite=False)
     labels, k, out = classify["labels"], classify["top_k"], classify["output"]
@@ -295,9 +295,9 @@ def _write_two_signature_model(ctx, path: Path, classify: dict) -> None:
 def _check_version(ctx, vdir: Path, classify, eopts) -> list:
     import tensorflow as tf
 
-    from .parity import check_artifact
-    from .targets import Artifact, FP32
-    from .tf_serving_checks import classify_row, signature_defs_row, warmup_row
+    from ...parity import check_artifact
+    from .. import Artifact, FP32
+    from .checks import classify_row, signature_defs_row, warmup_row
 
     tol = replace(FP32, atol=FP32.atol if eopts.atol is None else eopts.atol,
                   rtol=FP32.rtol if eopts.rtol is None else eopts.rtol)
@@ -314,8 +314,8 @@ def _check_version(ctx, vdir: Path, classify, eopts) -> list:
 def _write_bundle_files(tmp, repo, name, version, ctx, classify, old_config, policy, batching, options) -> list:
     """models.config, batching file, examples, README and compose file for the repository as it
     will be once the new version is in place. Returns the served versions of `name`."""
-    from .tf_serving_proto import build_config, config_text, model_versions, served_versions
-    from .tf_serving_readme import render_repository_files
+    from .proto import build_config, config_text, model_versions, served_versions
+    from .readme import render_repository_files
 
     config = build_config(repo, old_config, options.base_path, name, policy, extra_versions=[version])
     (tmp / CONFIG_NAME).write_text(config_text(config))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .parity import ParityRow, compare
+from ...parity import ParityRow, compare
 
 PREDICT_METHOD = "tensorflow/serving/predict"
 
@@ -123,7 +123,7 @@ def warmup_row(loaded, version_dir: Path, reference_in, reference_out, tol, clas
     reference rows the request carries."""
     import tensorflow as tf
 
-    from .tf_serving_proto import WARMUP_NAME, read_warmup
+    from .proto import WARMUP_NAME, read_warmup
 
     t0 = time.perf_counter()
     path = version_dir / "assets.extra" / WARMUP_NAME

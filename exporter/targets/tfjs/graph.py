@@ -9,6 +9,13 @@ backend broadcasts such a "bias"; the wasm backend accepts rank-1 bias only and 
 model ("_FusedMatMul only supports rank-1 bias but got rank 3"). `unfuse_nonvector_bias` splits
 exactly those nodes back into `MatMul`/`Conv2D` + `AddV2` (+ the activation op), keeping the
 fused node's name on the last op so every consumer stays wired. Rank-1 biases stay fused.
+
+What grappler fuses also depends on the converting CPU: where TensorFlow enables its oneDNN
+rewrites (by default on AVX-512/VNNI CPUs, or TF_ENABLE_ONEDNN_OPTS=1 anywhere) it fuses more
+activations (`Conv2D+BiasAdd+Tanh`) and fusions without a bias (`NoOp+Relu6` after a depthwise
+conv), which no TF.js backend runs. So every fused node that is not exactly "rank-1 constant bias
+(+ an activation all backends fuse)" is split into its plain ops: the artifact is the same
+whatever CPU converted it.
 """
 
 from __future__ import annotations
@@ -21,9 +28,12 @@ from pathlib import Path
 # fused op -> the plain TF op it wraps
 _BASE_OP = {"_FusedMatMul": "MatMul", "_FusedConv2D": "Conv2D",
             "FusedDepthwiseConv2dNative": "DepthwiseConv2dNative"}
-# activations TF.js implements inside fused kernels, with the standalone op used when unfusing
+# activations with a standalone TF.js op, used when unfusing
 _ACTIVATIONS = {"Relu": "Relu", "Relu6": "Relu6", "Elu": "Elu", "Sigmoid": "Sigmoid", "Tanh": "Tanh",
                 "LeakyRelu": "LeakyRelu", "Prelu": "Prelu"}
+# activations every TF.js backend (cpu, wasm, webgl, webgpu) implements inside its fused kernels
+# (tfjs-core fused_util `applyActivation`; wasm FusableActivation): tanh is not among them.
+_FUSABLE = {"Relu", "Relu6", "Elu", "Sigmoid", "LeakyRelu", "Prelu"}
 # Variable plumbing of a traced function: freezing turns it into constants before TF.js sees it.
 STRUCTURAL_OPS = {"ReadVariableOp", "VarHandleOp", "AssignVariableOp", "_Arg", "_Retval", "NoOp"}
 _FUSION_ATTRS = {"fused_ops", "num_args", "epsilon", "leakyrelu_alpha", "TArgs", "num_host_args",
@@ -67,48 +77,56 @@ def unfuse_nonvector_bias(model_json: dict) -> tuple[list[str], list[str]]:
             out.append(node)
             continue
         ops = fused_ops(node)
-        unknown = [o for o in ops if o != "BiasAdd" and o not in _ACTIVATIONS]
+        bias_op = ops[:1] if ops[:1] in (["BiasAdd"], ["NoOp"]) else []
+        acts = ops[len(bias_op):]
+        unknown = [o for o in acts if o not in _ACTIVATIONS] if bias_op and len(acts) <= 1 else ops
         if unknown:
             problems.append(f"fused {'+'.join(ops)} in {node['op']} '{node['name']}' (TF.js has no kernel for {', '.join(unknown)})")
             out.append(node)
             continue
-        if not ops or ops[0] != "BiasAdd":
-            out.append(node)
-            continue
-        bias = node["input"][2]
-        bias_src = by_name.get(bias.split(":")[0])
-        const_rank = len(shapes[bias]) if bias in shapes and bias_src and bias_src["op"] == "Const" else None
-        if const_rank == 1:
-            out.append(node)
-            continue
+        if bias_op == ["BiasAdd"]:
+            bias = node["input"][2]
+            bias_src = by_name.get(bias.split(":")[0])
+            const_rank = len(shapes[bias]) if bias in shapes and bias_src and bias_src["op"] == "Const" else None
+            if const_rank == 1 and all(a in _FUSABLE for a in acts):
+                out.append(node)
+                continue
+            why = (f"a rank-{const_rank} constant bias" if const_rank is not None else "a tensor bias") \
+                if const_rank != 1 else f"fused {acts[0]} (no TF.js backend fuses it)"
+        else:
+            why = f"fused {'+'.join(ops)} without a bias (oneDNN rewrite)"
         out.extend(_split(node, base, ops))
-        what = f"rank-{const_rank} constant" if const_rank is not None else "tensor"
-        notes[f"{node['op']} with a {what} bias"] = notes.get(f"{node['op']} with a {what} bias", 0) + 1
+        key = f"{node['op']} with {why}"
+        notes[key] = notes.get(key, 0) + 1
     topo["node"] = out
-    msgs = [f"unfused {n} x {k} into {_BASE_OP.get(k.split()[0], '?')} + AddV2 (the wasm backend takes rank-1 bias only)"
+    msgs = [f"unfused {n} x {k} into {_BASE_OP.get(k.split()[0], '?')} + its plain ops (every TF.js backend runs them)"
             for k, n in notes.items()]
     return msgs, problems
 
 
 def _split(node: dict, base: str, ops: list[str]) -> list[dict]:
+    """[core op, AddV2 bias (for BiasAdd), activation]; the last one keeps the fused node's name."""
     name = node["name"]
     attrs = {k: v for k, v in node.get("attr", {}).items() if k not in _FUSION_ATTRS}
     dtype = node.get("attr", {}).get("T", {"type": "DT_FLOAT"})
-    a, b, bias = node["input"][:3]
-    extra = node["input"][3:]  # Prelu alpha
+    a, b = node["input"][:2]
+    args = [i for i in node["input"][2:] if not i.startswith("^")]  # bias and/or Prelu alpha
     control = [i for i in node["input"] if i.startswith("^")]
+    has_bias = ops[:1] == ["BiasAdd"]
     act = ops[1] if len(ops) > 1 else None
-    core = {"name": f"{name}/kexport_core", "op": base, "input": [a, b] + control, "attr": attrs}
-    add = {"name": name if act is None else f"{name}/kexport_bias", "op": "AddV2",
-           "input": [core["name"], bias], "attr": {"T": dtype}}
-    result = [core, add]
+    result = [{"name": f"{name}/kexport_core", "op": base, "input": [a, b] + control, "attr": attrs}]
+    if has_bias:
+        result.append({"name": f"{name}/kexport_bias", "op": "AddV2", "input": [result[-1]["name"], args[0]],
+                       "attr": {"T": dtype}})
     if act is not None:
-        act_node = {"name": name, "op": _ACTIVATIONS[act], "input": [add["name"]], "attr": {"T": dtype}}
+        act_node = {"name": f"{name}/kexport_act", "op": _ACTIVATIONS[act], "input": [result[-1]["name"]],
+                    "attr": {"T": dtype}}
         if act == "LeakyRelu":
             act_node["attr"]["alpha"] = node["attr"].get("leakyrelu_alpha", {"f": 0.2})
         if act == "Prelu":
-            act_node["input"].append(extra[0])
+            act_node["input"].append(args[1] if has_bias else args[0])
         result.append(act_node)
+    result[-1]["name"] = name
     for n in result:
         if "device" in node:
             n["device"] = node["device"]
