@@ -1,6 +1,7 @@
 # kexport: two commands for a fresh machine.
-#   make demo   set up .venv, install the pinned stack, export the digits model everywhere
-#   make test   install test needs (Node packages, Debian's chromium) and run the whole suite
+#   make demo   set up .venv, install the pinned stack and what every runtime needs, export the digits model everywhere
+#   make test   the same installs, then the whole suite (plus the parity matrix under both oneDNN settings)
+#   make test-fast   the edit-run loop: no keras.applications, no browser, two small models (< 3 min)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -10,7 +11,8 @@ DEMO_MODEL ?= sample_models/digits_cnn.keras
 DEMO_OUT ?= demo-out
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: demo test venv test-deps node-deps chromium samples bench clean
+.PHONY: demo test test-fast test-onednn venv runtime-deps test-deps node-deps chromium samples bench clean
+APT := flock /tmp/kexport-apt.lock env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 
 venv: $(STAMP)
 
@@ -21,7 +23,7 @@ $(STAMP): constraints.txt pyproject.toml setup.py
 	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
 	touch $@
 
-demo: venv
+demo: venv runtime-deps
 	$(BIN)/kexport all $(DEMO_MODEL) -o $(DEMO_OUT)
 
 node-deps:
@@ -30,14 +32,34 @@ node-deps:
 	  else echo "npm not found: TF.js Node parity rows will be skipped"; fi; fi
 
 chromium:
-	@command -v chromium >/dev/null || { \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null \
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] || { echo "chromium missing: run 'sudo apt-get install chromium' for the browser rows"; exit 0; }; \
+	  ($(APT) update -qq && $(APT) install -y -qq chromium) >/dev/null \
 	  || echo "could not install chromium: browser parity rows will be skipped"; }
 
-test-deps: venv node-deps chromium
+# arm64 Debian bookworm root for litert-arm64 / the Pi server test (qemu-user; built once, cached
+# in ~/.cache/kexport/arm64-root or $KEXPORT_ARM64_ROOT; ~1-2 min when missing, 0.1 s when present)
+.PHONY: arm64-root
+arm64-root: venv
+	@bash runtimes/arm64/build_root.sh || echo "could not build the arm64 root: litert-arm64 rows will be skipped"
+
+# Everything the runtimes need besides Python packages (each runtime adds its prerequisite here).
+runtime-deps: node-deps chromium arm64-root
+
+test-deps: venv runtime-deps
 
 test: test-deps
 	$(BIN)/python -m pytest -q -ra
+	$(MAKE) --no-print-directory test-onednn
+
+# TensorFlow's oneDNN rewrites (on by default on AVX-512/VNNI CPUs) change the graphs the TF.js,
+# TFLite and ONNX converters see: the artifacts must not depend on the converting CPU.
+test-onednn: test-deps
+	for v in 0 1; do echo "== TF_ENABLE_ONEDNN_OPTS=$$v"; \
+	  TF_ENABLE_ONEDNN_OPTS=$$v KEXPORT_TEST_TARGETS=tfjs,tflite,onnx $(BIN)/python -m pytest -q -ra -p no:cacheprovider \
+	    tests/test_parity_matrix.py || exit 1; done
+
+test-fast: venv node-deps
+	KEXPORT_FAST=1 $(BIN)/python -m pytest -q -ra -x
 
 samples: venv
 	$(BIN)/python sample_models/build.py

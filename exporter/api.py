@@ -26,8 +26,7 @@ from .options import ExportOptions
 from .report import REPORT_NAME, ExportResult, TargetResult, load_report
 
 REFERENCE_DIR = "reference"
-VERSIONED = ("tensorflow", "keras", "tf_keras", "coremltools", "tf2onnx", "onnx", "onnxruntime",
-             "tensorflowjs", "ai-edge-litert", "numpy")
+CORE_PACKAGES = ("tensorflow", "keras", "tf_keras", "numpy")  # the reference; targets declare theirs
 
 Progress = Callable[[str], None]
 
@@ -54,8 +53,11 @@ def ensure_writable(out_dir: Path) -> None:
 
 
 def versions() -> dict:
+    from .targets import all_targets
+
     out = {}
-    for pkg in VERSIONED:
+    declared = [p for t in all_targets().values() for p in t.packages]
+    for pkg in dict.fromkeys(CORE_PACKAGES + tuple(declared)):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -76,7 +78,7 @@ def build_context(model_path, options: ExportOptions, progress: Progress | None 
 
     from .context import ExportContext
     from .loader import load_model, sha256_of, signature_of
-    from .parity import reference_inputs
+    from .parity import conditioned, reference_inputs
 
     path = Path(model_path)
     say = progress or (lambda s: None)
@@ -92,9 +94,11 @@ def build_context(model_path, options: ExportOptions, progress: Progress | None 
 
         inputs = eval_reference_inputs(model, sig, options)
     else:
-        inputs = reference_inputs(sig, options.samples)
+        inputs = reference_inputs(sig, options.samples, shapes=options.input_shapes, model=model)
     t1 = time.perf_counter()
     outputs = KerasSession(model, sig).predict(inputs)
+    # noise floor + a second input size for free dimensions (exporter/reference_data.py)
+    outputs = conditioned(model, sig, inputs, outputs, samples=options.samples, shapes=options.input_shapes)
     ctx = ExportContext(model, path, sha256_of(path), sig, inputs, outputs)
     ctx.timings = {"load_model": round(load_s, 3), "keras_reference": round(time.perf_counter() - t1, 3)}
     return ctx
@@ -136,11 +140,12 @@ def export(model, targets=("all",), out_dir="kexport-out", *, options: ExportOpt
             kexport_version=__version__,
             model={"path": str(model), "sha256": ctx.model_sha256, **ctx.signature.to_json()},
             versions=versions(), out_dir=str(out), seconds=dict(ctx.timings),
+            allow_unverified=options.allow_unverified,
         )
         _write_reference(out, ctx)
         for i, target in enumerate(chosen, 1):
             say(f"[{i}/{len(chosen)}] {target.name}")
-            result.targets.extend(_run_target(target, ctx, out, options, say))
+            result.targets.extend(run_target(target, ctx, out, options, say))
         result.seconds["total"] = round(time.perf_counter() - run_t0, 3)
         result.write(out)
     finally:
@@ -151,10 +156,13 @@ def export(model, targets=("all",), out_dir="kexport-out", *, options: ExportOpt
 
 
 def _write_reference(out: Path, ctx) -> None:
+    from .parity import save_conditioning
+
     ref = out / REFERENCE_DIR
     tmp = Path(tempfile.mkdtemp(prefix=".kexport-ref-", dir=out))
     np.savez(tmp / "inputs.npz", **ctx.inputs)
     np.savez(tmp / "outputs.npz", **ctx.outputs)
+    save_conditioning(tmp, ctx.outputs)
     _swap_into_place(tmp, ref)
 
 
@@ -177,63 +185,24 @@ def _tolerance(target, variant, topts, options: ExportOptions):
     return tol
 
 
-def _run_target(target, ctx, out: Path, options: ExportOptions, say: Progress) -> list[TargetResult]:
-    from .parity import check_artifact
-
+def run_target(target, ctx, out: Path, options: ExportOptions, say: Progress) -> list[TargetResult]:
+    """One target: requirements -> preflight -> each variant (convert, verify) -> variant
+    metrics -> the artifacts swapped into OUT/<target>/ (only when something converted)."""
     topts = options.for_target(target)
-    missing = target.missing_requirements()
-    if missing:
-        return [TargetResult(target.name, status="unsupported",
-                             error=f"converter not installed ({', '.join(missing)}); pip install 'kexport[{target.extra or 'all'}]'")]
-    t0 = time.perf_counter()
-    try:
-        problems = target.preflight(ctx, topts)
-    except KexportError as e:
-        problems = [str(e)]
-    if problems:
-        from .errors import UnsupportedError
-
-        err = UnsupportedError(target.name, problems)
-        return [TargetResult(target.name, status="unsupported", error=str(err), seconds=round(time.perf_counter() - t0, 3))]
-
+    refused = _refusal(target, ctx, topts)
+    if refused:
+        return [refused]
     tmp = Path(tempfile.mkdtemp(prefix=f".kexport-{target.name}-", dir=out))
     final = out / target.name
-    results = []
-    produced = []  # (row, artifact) for the variant metrics
     try:
-        for variant in target.variants(topts):
-            v0 = time.perf_counter()
-            row = TargetResult(target.name, variant)
-            try:
-                art = target.export(ctx, tmp, topts, variant)
-            except KexportError as e:
-                row.status = "unsupported" if type(e).__name__ == "UnsupportedError" else "failed"
-                row.error = str(e)
-                row.seconds = round(time.perf_counter() - v0, 3)
-                results.append(row)
-                say(f"    {variant}: {row.status}: {row.error}")
-                continue
-            row.seconds = round(time.perf_counter() - v0, 3)
-            row.notes = art.notes
-            row.size_bytes = _size(art.path)
-            row.artifact = str(final.relative_to(out) / art.path.relative_to(tmp))
-            row.extra = dict(art.extra)
-            if art.runtime_options:
-                row.extra["runtime_options"] = art.runtime_options
-            if art.skip:
-                row.extra["runtime_skip"] = art.skip
-            say(f"    {variant}: converted in {row.seconds:.1f}s ({row.size_bytes} bytes)")
-            if options.verify:
-                tol = _tolerance(target, variant, topts, options)
-                row.parity = check_artifact(art, target.runtimes, ctx.inputs, ctx.outputs, tol)
-                for p in row.parity:
-                    say(f"    {variant} on {p.runtime}: {p.status}" + (f" ({p.reason})" if p.reason else ""))
-            results.append(row)
-            produced.append((row, art))
-        if options.quantize and options.verify and len(target.variants(topts)) > 1:
+        produced = [_run_variant(target, ctx, tmp, final.relative_to(out), topts, options, variant, say)
+                    for variant in target.variants(topts)]
+        results = [row for row, _ in produced]
+        if options.quantize and options.verify and len(results) > 1:
             from .variant_metrics import measure_variants
 
-            measure_variants(target, ctx, options, produced, tmp, say)  # size/speed/accuracy + the gate
+            built = [(row, art) for row, art in produced if art is not None]
+            measure_variants(target, ctx, options, built, tmp, say)  # size/speed/accuracy + the gate
         if any(r.artifact for r in results):
             _swap_into_place(tmp, final)
     finally:
@@ -242,15 +211,86 @@ def _run_target(target, ctx, out: Path, options: ExportOptions, say: Progress) -
     return results
 
 
+def _refusal(target, ctx, topts) -> TargetResult | None:
+    """An `unsupported` row when the converter is missing or preflight lists problems."""
+    from .errors import UnsupportedError
+
+    missing = target.missing_requirements()
+    if missing:
+        return TargetResult(target.name, status="unsupported",
+                            error=f"converter not installed ({', '.join(missing)}); pip install 'kexport[{target.extra or 'all'}]'")
+    t0 = time.perf_counter()
+    try:
+        problems = target.preflight(ctx, topts)
+    except UsageError:
+        raise  # the user's flags or files (labels that fit no output): exit 2, before any conversion
+    except KexportError as e:
+        problems = [str(e)]
+    if not problems:
+        return None
+    return TargetResult(target.name, status="unsupported", error=str(UnsupportedError(target.name, problems)),
+                        seconds=round(time.perf_counter() - t0, 3))
+
+
+def _run_variant(target, ctx, tmp: Path, rel: Path, topts, options: ExportOptions, variant: str, say: Progress):
+    """(row, artifact | None) for one variant: convert into tmp, then verify."""
+    from .parity import check_artifact
+
+    v0 = time.perf_counter()
+    row = TargetResult(target.name, variant)
+    try:
+        art = target.export(ctx, tmp, topts, variant)
+    except KexportError as e:
+        row.status = "unsupported" if type(e).__name__ == "UnsupportedError" else "failed"
+        row.error, row.seconds = str(e), round(time.perf_counter() - v0, 3)
+        say(f"    {variant}: {row.status}: {row.error}")
+        return row, None
+    row.seconds = round(time.perf_counter() - v0, 3)
+    row.notes, row.size_bytes = art.notes, _size(art.path)
+    row.artifact = str(rel / art.path.relative_to(tmp))
+    row.extra = dict(art.extra)
+    if art.runtime_options:
+        row.extra["runtime_options"] = art.runtime_options
+    if art.skip:
+        row.extra["runtime_skip"] = art.skip
+    say(f"    {variant}: converted in {row.seconds:.1f}s ({row.size_bytes} bytes)")
+    if options.verify:
+        tol = _tolerance(target, variant, topts, options)
+        row.parity = check_artifact(art, target.runtimes, ctx.inputs, ctx.outputs, tol)
+        row.parity += target.checks(ctx, art, topts, tol)
+        for p in row.parity:
+            say(f"    {variant} on {p.runtime}: {p.status}" + (f" ({p.reason})" if p.reason else ""))
+        mark_unverified(row)
+    return row, art
+
+
+def mark_unverified(row: TargetResult) -> None:
+    """A converted artifact that no runtime checked (every row skipped) is `unverified`, never ok."""
+    if row.status == "ok" and row.parity and not any(p.status == "passed" for p in row.parity):
+        row.status = "unverified"
+        row.error = "no runtime here could check this artifact: " + "; ".join(
+            f"{p.runtime}: {p.reason}" for p in row.parity if p.reason)
+
+
 def _size(path: Path) -> int:
     if path.is_dir():
         return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return path.stat().st_size
 
 
-def verify(out_dir, *, progress: Progress | None = None) -> ExportResult:
+class _VerifyContext:
+    """What a target's checks() may use when re-verifying an export directory (no model loaded)."""
+
+    def __init__(self, inputs, outputs, model: dict):
+        from .signature import ModelSignature
+
+        self.inputs, self.outputs = inputs, outputs
+        self.signature = ModelSignature.from_json(model)
+
+
+def verify(out_dir, *, progress: Progress | None = None, allow_unverified: bool = False) -> ExportResult:
     """Re-check every artifact in an export directory against its stored reference data."""
-    from .parity import check_artifact
+    from .parity import check_artifact, load_conditioning
     from .targets import Artifact, get_target
 
     out = Path(out_dir)
@@ -263,14 +303,17 @@ def verify(out_dir, *, progress: Progress | None = None) -> ExportResult:
             inputs = {k: z[k] for k in z.files}
         with np.load(out / REFERENCE_DIR / "outputs.npz") as z:
             outputs = {k: z[k] for k in z.files}
+        outputs = load_conditioning(out / REFERENCE_DIR, outputs)
     except (OSError, ValueError, KeyError) as e:
         raise UsageError(f"{out}: report or reference data unreadable ({e}); re-run the export") from e
     say = progress or (lambda s: None)
-    result = ExportResult(report["kexport_version"], report["model"], versions=versions(), out_dir=str(out))
+    result = ExportResult(report["kexport_version"], report["model"], versions=versions(), out_dir=str(out),
+                          allow_unverified=allow_unverified)
     for row in report["targets"]:
         tr = TargetResult(row["target"], row.get("variant", "fp32"), row["status"], row.get("artifact"),
                           row.get("size_bytes"), row.get("seconds"), row.get("error"), row.get("notes", []))
-        if row["status"] == "ok" and row.get("artifact"):
+        if row["status"] in ("ok", "unverified") and row.get("artifact"):
+            tr.status = "ok"
             target = get_target(row["target"])
             path = out / row["artifact"]
             if not path.exists():
@@ -284,5 +327,7 @@ def verify(out_dir, *, progress: Progress | None = None) -> ExportResult:
                                skip=row.get("runtime_skip", {}))
                 say(f"verifying {row['target']}/{tr.variant}")
                 tr.parity = check_artifact(art, target.runtimes, inputs, outputs, tol)
+                tr.parity += target.checks(_VerifyContext(inputs, outputs, report["model"]), art, target.Options(), tol)
+                mark_unverified(tr)
         result.targets.append(tr)
     return result

@@ -39,11 +39,14 @@ def _common(p: argparse.ArgumentParser, *, model=True):
         p.add_argument("--atol", type=float, help="override the absolute tolerance of every target")
         p.add_argument("--rtol", type=float, help="override the (scale-relative) tolerance of every target")
         p.add_argument("--json", action="store_true", help="print report.json instead of the table")
+        p.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x224x224x3",
+                       help="shape of an input with free dimensions for the reference data (repeatable)")
+        p.add_argument("--allow-unverified", action="store_true",
+                       help="exit 0 even when no runtime here could check a target (its row stays 'unverified')")
         q = p.add_argument_group("quantized variants (docs/quantization.md)")
         q.add_argument("--quantize", metavar="VARIANTS",
                        help="extra variants next to fp32, comma-separated, or 'all' (each target's full list): "
-                            "tflite dynamic|float16|int8, onnx dynamic|int8, coreml float16|int8|palettize, "
-                            "tfjs float16|uint8|uint16")
+                            + ", ".join(f"{n} {'|'.join(t.QUANTIZE)}" for n, t in _registry().items() if t.QUANTIZE))
         q.add_argument("--calibration", metavar="DATA.npz|DIR",
                        help="calibration data for static int8: arrays named after the inputs, or an image folder")
         q.add_argument("--eval", metavar="DATA.npz|DIR",
@@ -55,14 +58,66 @@ def _common(p: argparse.ArgumentParser, *, model=True):
     p.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
 
 
-def _add_target_arguments(p: argparse.ArgumentParser, target) -> None:
-    """A target's flags, minus those already defined (shared flags such as --quantize are defined
-    once, in _common, with the vocabulary of every target)."""
+def _registry():
+    from .targets import all_targets
+
+    return all_targets()
+
+
+# targets whose command publishes the artifact into a repository named by -o
+PUBLISHING = {"tf-serving": "add a checked version to a TF-Serving model repository (-o REPO)"}
+SHARED_DESTS = {"quantize"}  # flags defined once in _common and handed to every target
+TARGET_PREFIX = "target:"  # dest of a target flag: "target:<target>:<dest>"
+
+
+def _target_actions(target) -> list[argparse.Action]:
     scratch = _Parser(add_help=False)
     target.add_arguments(scratch)
-    for action in scratch._actions:
-        if not any(s in p._option_string_actions for s in action.option_strings):
-            p._add_action(action)
+    return [a for a in scratch._actions if a.option_strings and a.dest not in SHARED_DESTS]
+
+
+def _add_target_arguments(p: argparse.ArgumentParser, target, *, prefixed: bool, ambiguous: dict) -> None:
+    """A target's own flags, stored under its own namespace. Under `kexport all` each flag is also
+    offered as --<target>-<flag> (--coreml-format, --tfjs-format); a bare flag that two targets
+    define is refused there with the prefixed spellings."""
+    group = p.add_argument_group(f"{target.name} options")
+    for action in _target_actions(target):
+        names = []
+        for opt in action.option_strings:
+            if prefixed:
+                names.append(f"--{target.name}-{opt.lstrip('-')}")
+            if not prefixed or opt not in ambiguous:
+                names.append(opt)
+        kwargs = {"dest": f"{TARGET_PREFIX}{target.name}:{action.dest}", "default": action.default,
+                  "help": action.help}
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            kwargs["action"] = "store_true" if isinstance(action, argparse._StoreTrueAction) else "store_false"
+        else:
+            metavar = action.metavar or (None if action.choices else action.dest.upper())
+            kwargs.update(type=action.type, choices=action.choices, metavar=metavar, nargs=action.nargs)
+        group.add_argument(*names, **kwargs)
+
+
+class _Ambiguous(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise _UsageExit(f"{parser.prog}: {option_string} is a flag of several targets; use "
+                         + " or ".join(self.default) + " (see 'kexport all --help')")
+
+
+def _ambiguous_flags(targets) -> dict[str, list[str]]:
+    owners: dict[str, list[str]] = {}
+    for t in targets.values():
+        for action in _target_actions(t):
+            for opt in action.option_strings:
+                owners.setdefault(opt, []).append(f"--{t.name}-{opt.lstrip('-')}")
+    return {opt: spellings for opt, spellings in owners.items() if len(spellings) > 1}
+
+
+def target_namespace(args, target) -> argparse.Namespace:
+    """The flags of one target (its own namespace) plus the shared ones."""
+    prefix = f"{TARGET_PREFIX}{target.name}:"
+    own = {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix)}
+    return argparse.Namespace(**own, **{k: getattr(args, k, None) for k in SHARED_DESTS})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,16 +127,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     targets = all_targets()
     for name, target in targets.items():
-        p = sub.add_parser(name, help=target.description)
+        p = sub.add_parser(name, help=PUBLISHING.get(name, target.description))
         _common(p)
-        _add_target_arguments(p, target)
+        _add_target_arguments(p, target, prefixed=False, ambiguous={})
+        if name in PUBLISHING:  # `kexport tf-serving -o REPO`: the target, then published into REPO
+            out = next(a for a in p._actions if a.dest == "out")
+            out.default, out.help = None, "the model repository directory (required)"
     p = sub.add_parser("all", help="every target")
     _common(p)
+    ambiguous = _ambiguous_flags(targets)
     for target in targets.values():
-        _add_target_arguments(p, target)
+        _add_target_arguments(p, target, prefixed=True, ambiguous=ambiguous)
+    group = p.add_argument_group("flags of several targets (give the prefixed form)")
+    for opt, spellings in ambiguous.items():
+        group.add_argument(opt, action=_Ambiguous, nargs="?", default=spellings, dest=f"ambiguous:{opt}", metavar="...",
+                           help="use " + " or ".join(spellings))
     p = sub.add_parser("verify", help="re-check an export directory against its stored reference data")
     p.add_argument("out", help="directory written by kexport")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--allow-unverified", action="store_true", help="exit 0 when a target could not be checked here")
     _common(p, model=False)
     p = sub.add_parser("inspect", help="signature, layers and which targets can take the model")
     p.add_argument("model")
@@ -95,11 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     _common(p, model=False)
-    p = sub.add_parser("tf-serving", help="add a checked version to a TF-Serving model repository (-o REPO)")
-    _common(p)
-    from .targets.tf_serving import add_arguments as tf_serving_arguments
-
-    tf_serving_arguments(p)
     return parser
 
 
@@ -127,13 +186,31 @@ def _options(args):
     from .targets import all_targets
 
     names = list(all_targets()) if args.command == "all" else [args.command]
-    topts = {n: all_targets()[n].options_from_args(args) for n in names}
+    topts = {n: all_targets()[n].options_from_args(target_namespace(args, all_targets()[n])) for n in names}
     return ExportOptions(
         safe_mode=not args.unsafe, custom_objects=args.custom_objects, inputs=args.inputs,
         samples=args.samples, verify=not args.no_verify, atol=args.atol, rtol=args.rtol,
         target_options=topts, quantize=args.quantize, calibration=args.calibration, eval=args.eval,
         min_agreement=args.min_agreement, max_accuracy_drop=args.max_accuracy_drop,
+        input_shapes=_input_shapes(args.input_shape), allow_unverified=args.allow_unverified,
     )
+
+
+def _input_shapes(items: list[str]) -> dict:
+    """['image=1x224x224x3'] -> {'image': (1, 224, 224, 3)}."""
+    from .errors import UsageError
+
+    out = {}
+    for item in items:
+        name, _, dims = item.partition("=")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            shape = ()
+        if not name or not shape or any(d <= 0 for d in shape):
+            raise UsageError(f"--input-shape {item!r}: expected NAME=DxDx..., e.g. image=1x224x224x3")
+        out[name] = shape
+    return out
 
 
 def _print_result(result, as_json: bool):
@@ -158,7 +235,7 @@ def cmd_export(args) -> int:
 def cmd_verify(args) -> int:
     from . import api
 
-    result = api.verify(args.out, progress=_progress(time.perf_counter()))
+    result = api.verify(args.out, progress=_progress(time.perf_counter()), allow_unverified=args.allow_unverified)
     _print_result(result, args.json)
     return result.exit_code
 
@@ -222,19 +299,23 @@ def cmd_doctor(args) -> int:
     for name, rt in all_runtimes().items():
         reason = rt.available()
         print(f"  {name:18} " + ("ok" if not reason else f"unavailable: {reason}" + (f" -> {rt.install_hint}" if rt.install_hint else "")))
+        if not reason and getattr(rt, "device", None):  # not this host natively (e.g. emulated arm64)
+            print(f"  {'':18}   on {rt.device}")
     return EXIT_OK
 
 
 def cmd_tf_serving(args) -> int:
     from .targets.tf_serving import run_command
 
-    result = run_command(args, progress=_progress(time.perf_counter()))
+    eopts = _options(args)
+    topts = eopts.target_options["tf-serving"]
+    result = run_command(args.model, args.out, topts, eopts, progress=_progress(time.perf_counter()))
     _print_result(result, args.json)
     return result.exit_code
 
 
 def cmd_serve_demo(args) -> int:
-    from .targets.tfjs.demo import serve
+    from .targets.tfjs import serve_demo as serve
 
     serve(args.out, args.host, args.port)
     return EXIT_OK

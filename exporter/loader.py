@@ -187,42 +187,87 @@ def signature_of(model) -> ModelSignature:
         if len(set(names)) != len(names):  # several outputs of one layer
             out_items = [(f"{n}_{i}", t) for i, (n, t) in enumerate(out_items)]
 
-    # Integer inputs feeding an Embedding must stay below its input_dim.
-    int_high: dict[str, int] = {}
-    stats: dict[str, tuple] = {}
-    for layer in _all_layers(model):
-        if isinstance(layer, keras.layers.Normalization) and getattr(layer, "mean", None) is not None:
-            import numpy as np
-
-            for node in layer._inbound_nodes:
-                for t in node.input_tensors:
-                    src = _producer(t)
-                    if isinstance(src, keras.layers.InputLayer):
-                        mean = np.ravel(np.asarray(layer.mean, dtype="float64"))
-                        std = np.sqrt(np.ravel(np.asarray(layer.variance, dtype="float64")))
-                        stats[src.name] = (tuple(float(v) for v in mean), tuple(float(v) for v in std))
-        if isinstance(layer, keras.layers.Embedding):
-            for node in layer._inbound_nodes:
-                for t in node.input_tensors:
-                    src = _producer(t)
-                    if isinstance(src, keras.layers.InputLayer):
-                        int_high[src.name] = min(int_high.get(src.name, layer.input_dim), layer.input_dim)
+    prep = input_preprocessing(model)
 
     def spec(name, t, is_input):
         dtype = keras.backend.standardize_dtype(t.dtype)
         shape = (None,) + tuple(t.shape[1:])
-        high = mean = std = None
-        if is_input and ("int" in dtype):
-            high = int_high.get(_producer(t).name, int_high.get(name, 10))
-        if is_input and _producer(t).name in stats:
-            mean, std = stats[_producer(t).name]
-        return TensorSpec(name, shape, dtype, high, mean, std)
+        if not is_input:
+            return TensorSpec(name, shape, dtype)
+        info = prep.get(_producer(t).name, prep.get(name, {}))
+        high = info.get("int_high", 10) if "int" in dtype else None
+        return TensorSpec(name, shape, dtype, high, info.get("mean"), info.get("std"), info.get("low"),
+                          info.get("high"), info.get("vocabulary"))
 
     return ModelSignature(
         tuple(spec(n, t, True) for n, t in in_items),
         tuple(spec(n, t, False) for n, t in out_items),
         dict_inputs=dict_inputs,
     )
+
+
+# Inference-time no-ops (augmentation) and shape-only preprocessing: the range of the raw input
+# is set by the first layer after them.
+_PASS_THROUGH = ("RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "RandomContrast",
+                 "RandomBrightness", "RandomCrop", "RandomHeight", "RandomWidth", "GaussianNoise",
+                 "GaussianDropout", "Dropout", "SpatialDropout1D", "SpatialDropout2D", "Resizing", "CenterCrop",
+                 "AlphaDropout", "ActivityRegularization", "RandomGrayscale", "RandomHue", "RandomSaturation",
+                 "RandomColorJitter", "RandomSharpness", "Identity")
+
+
+def input_preprocessing(model) -> dict:
+    """{input layer name: what its first preprocessing layer implies}: `int_high` (Embedding,
+    IntegerLookup), `mean`/`std` (Normalization), `low`/`high` (Rescaling: the raw range it maps
+    onto [0, 1], or [-1, 1] for a negative offset), `vocabulary` (StringLookup)."""
+    import keras
+    import numpy as np
+
+    consumers: dict = {}
+    inputs: dict = {}  # a Sequential lists no InputLayer among its layers: found as a producer
+    for layer in _all_layers(model):
+        for node in getattr(layer, "_inbound_nodes", []):
+            for t in node.input_tensors:
+                src = _producer(t)
+                consumers.setdefault(id(src), []).append(layer)
+                if isinstance(src, keras.layers.InputLayer):
+                    inputs[id(src)] = src
+    found: dict = {}
+    for layer in inputs.values():
+        info: dict = {}
+        todo, seen = list(consumers.get(id(layer), [])), set()
+        while todo:
+            nxt = todo.pop(0)
+            if id(nxt) in seen:
+                continue
+            seen.add(id(nxt))
+            cls = type(nxt).__name__
+            if cls in _PASS_THROUGH:
+                todo.extend(consumers.get(id(nxt), []))
+            elif isinstance(nxt, keras.layers.Normalization) and getattr(nxt, "mean", None) is not None:
+                info["mean"] = tuple(float(v) for v in np.ravel(np.asarray(nxt.mean, dtype="float64")))
+                info["std"] = tuple(float(v) for v in np.sqrt(np.ravel(np.asarray(nxt.variance, dtype="float64"))))
+            elif isinstance(nxt, keras.layers.Rescaling):
+                scale = np.ravel(np.asarray(nxt.scale, dtype="float64"))
+                offset = float(np.min(np.ravel(np.asarray(nxt.offset, dtype="float64"))))
+                s = float(np.max(np.abs(scale))) or 1.0
+                lo, hi = (-1.0, 1.0) if offset < 0 else (0.0, 1.0)
+                a, b = sorted(((lo - offset) / s, (hi - offset) / s))
+                info["low"], info["high"] = max(a, 0.0) if a > -1e-6 else a, b
+            elif isinstance(nxt, keras.layers.Embedding):
+                info["int_high"] = min(info.get("int_high", nxt.input_dim), nxt.input_dim)
+            elif isinstance(nxt, keras.layers.StringLookup):
+                vocab = [v for v in nxt.get_vocabulary() if v != nxt.oov_token and v != getattr(nxt, "mask_token", None)]
+                info["vocabulary"] = tuple(str(v) for v in vocab) or None
+            elif isinstance(nxt, keras.layers.IntegerLookup):
+                vocab = [int(v) for v in nxt.get_vocabulary()[nxt.num_oov_indices:] if v is not None and int(v) >= 0]
+                if vocab:
+                    info["int_high"] = max(vocab) + 1
+            elif isinstance(nxt, keras.Model):  # a nested model: its own input layer decides
+                inner = input_preprocessing(nxt)
+                if len(inner) == 1:
+                    info.update(next(iter(inner.values())))
+        found[layer.name] = info
+    return found
 
 
 def _all_layers(model):

@@ -21,6 +21,11 @@ class ExportOptions:
     atol: float | None = None  # override every target's default tolerance
     rtol: float | None = None
     target_options: dict = field(default_factory=dict)  # target name -> its Options dataclass
+    # input name -> full shape (batch first) for inputs with free dimensions: the size the
+    # reference inputs are drawn at (`--input-shape image=1x224x224x3`)
+    input_shapes: dict = field(default_factory=dict)
+    # a target row that no runtime could check is `unverified` and fails the run unless allowed
+    allow_unverified: bool = False
     # Quantized variants (docs/quantization.md): "int8", "int8,float16" or "all" (every variant of
     # each target); the data they are calibrated/measured on, and the gate's thresholds.
     quantize: str | None = None

@@ -1,11 +1,20 @@
 """The parity engine, written once: reference inputs, then for every runtime of an artifact
 compare outputs by *name*: names -> shapes -> values, collecting every mismatch.
 
-Error measures, per output, over all elements and samples:
+Error measures, per output, over all elements and the well-conditioned samples:
     max_abs_err = max |artifact - keras|
     max_rel_err = max_abs_err / max |keras|        (relative to the output's scale)
 A row passes when max_abs_err <= atol + rtol * max|keras| for every output and, where the
 tolerance sets `min_top1`, top-1 agreement on classifier-like outputs is at least that.
+
+Two measures keep the verdict about the artifact, not about the inputs (docs/report.md):
+- noise floor: Keras is run again on the inputs moved by one float32 ulp; a sample whose Keras
+  output moves by more than the tolerance is ill-conditioned (e.g. a saturated network where one
+  ulp flips the winning class). It is left out of the verdict and counted (`ill_conditioned`);
+  a row with no sample left is `uninformative`.
+- top-1 on near ties: a classifier sample counts for top-1 agreement only where the reference's
+  top-2 margin exceeds twice the tolerance bound (an error the tolerance allows could swap the
+  two otherwise); the others are counted (`ambiguous_top1`).
 """
 
 from __future__ import annotations
@@ -16,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .signature import ModelSignature
+from .reference_data import (  # noqa: F401  (re-exported: the public names of the engine)
+    SEED, ReferenceOutputs, conditioned, load_conditioning, reference_inputs, save_conditioning)
 
 DEFAULT_SAMPLES = 8
-SEED = 20240611
 
 
 @dataclass
@@ -34,30 +43,13 @@ class ParityRow:
     reason: str | None = None
     seconds: float | None = None
     outputs: dict = field(default_factory=dict)  # per-output errors
+    samples: int | None = None  # reference samples compared (every checked input size)
+    ill_conditioned: int | None = None  # samples left out: Keras itself moves beyond the tolerance
+    ambiguous_top1: int | None = None  # classifier samples whose top-2 margin is inside the tolerance
+    input_shapes: list = field(default_factory=list)  # [{input: shape}] checked (free dimensions: two)
 
     def to_json(self) -> dict:
         return asdict(self)
-
-
-def reference_inputs(signature: ModelSignature, samples: int = DEFAULT_SAMPLES, seed: int = SEED):
-    """Seeded data that fits each input: integers uniform in [0, int_high); floats feeding a
-    Normalization layer normal around its mean/std; other floats uniform in [0, 1) (the range
-    of scaled images)."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for t in signature.inputs:
-        shape = (samples,) + tuple(1 if d is None else d for d in t.shape[1:])
-        if "int" in t.dtype:
-            out[t.name] = rng.integers(0, t.int_high or 10, size=shape).astype(t.dtype)
-        elif t.mean is not None and t.std is not None:
-            mean = np.asarray(t.mean).reshape(-1)
-            std = np.asarray(t.std).reshape(-1)
-            out[t.name] = (mean + std * rng.standard_normal(shape)).astype(t.dtype)
-        elif t.dtype == "bool":
-            out[t.name] = rng.integers(0, 2, size=shape).astype(bool)
-        else:
-            out[t.name] = rng.random(shape, dtype=np.float64).astype(t.dtype)
-    return out
 
 
 def is_classifier(ref: np.ndarray) -> bool:
@@ -68,12 +60,20 @@ def top1_agreement(ref: np.ndarray, got: np.ndarray) -> float:
     return float((ref.argmax(axis=-1) == got.argmax(axis=-1)).mean())
 
 
+def top2_margin(ref: np.ndarray) -> np.ndarray:
+    part = np.sort(np.asarray(ref, np.float64), axis=-1)
+    return part[:, -1] - part[:, -2]
+
+
 def uninformative(reference: dict[str, np.ndarray]) -> str | None:
     """A reference that barely varies across samples proves nothing (e.g. random-weight models
     whose softmax is uniform): every runtime would "match". Returns the reason, or None."""
     flat = []
     for name, ref in reference.items():
-        ref = np.asarray(ref, dtype=np.float64)
+        ref = np.asarray(ref)
+        if ref.dtype.kind not in "biuf":
+            return None  # strings vary or not; no spread to measure
+        ref = ref.astype(np.float64)
         if ref.shape[0] < 2:
             return None
         scale = float(np.max(np.abs(ref))) or 1.0
@@ -84,8 +84,27 @@ def uninformative(reference: dict[str, np.ndarray]) -> str | None:
     return "reference outputs barely vary across inputs: " + "; ".join(flat)
 
 
-def compare(runtime: str, reference: dict, got: dict, tol) -> ParityRow:
-    """Names, then shapes, then values; every mismatch is collected into one row."""
+def well_conditioned(reference: dict, tol) -> np.ndarray | None:
+    """Boolean mask of the samples whose Keras noise floor is inside the tolerance (None: all)."""
+    noise = getattr(reference, "noise", None)
+    if not noise:
+        return None
+    keep = None
+    for name, dev in noise.items():
+        if name not in reference:
+            continue
+        ref = np.asarray(reference[name])
+        if ref.dtype.kind not in "biuf":
+            continue
+        scale = float(np.max(np.abs(ref.astype(np.float64)))) if ref.size else 0.0
+        ok = np.asarray(dev) <= tol.atol + tol.rtol * scale
+        keep = ok if keep is None else keep & ok
+    return keep
+
+
+def compare(runtime: str, reference: dict, got: dict, tol, keep: np.ndarray | None = None) -> ParityRow:
+    """Names, then shapes, then values; every mismatch is collected into one row. `keep` masks
+    the samples that count for values and top-1 (the others are ill-conditioned)."""
     problems = []
     missing = sorted(set(reference) - set(got))
     extra = sorted(set(got) - set(reference))
@@ -95,6 +114,7 @@ def compare(runtime: str, reference: dict, got: dict, tol) -> ParityRow:
         problems.append(f"unexpected outputs {extra}")
     worst_abs = worst_rel = 0.0
     top1 = None
+    ambiguous = 0
     per = {}
     for name in sorted(set(reference) & set(got)):
         ref = np.asarray(reference[name])
@@ -102,6 +122,14 @@ def compare(runtime: str, reference: dict, got: dict, tol) -> ParityRow:
         if val.shape != ref.shape:
             problems.append(f"{name}: shape {val.shape} != {ref.shape}")
             continue
+        if ref.dtype.kind not in "biufc":  # strings (a lookup's output): exact equality
+            wrong = int(np.sum(ref.astype(str) != val.astype(str)))
+            if wrong:
+                problems.append(f"{name}: {wrong} of {ref.size} strings differ")
+            per[name] = {"mismatches": wrong}
+            continue
+        if keep is not None:
+            ref, val = ref[keep], val[keep]
         ref64, val64 = ref.astype(np.float64), val.astype(np.float64)
         if not np.all(np.isfinite(val64)):
             problems.append(f"{name}: non-finite values")
@@ -111,31 +139,96 @@ def compare(runtime: str, reference: dict, got: dict, tol) -> ParityRow:
         rel = err / scale if scale else err
         worst_abs, worst_rel = max(worst_abs, err), max(worst_rel, rel)
         entry = {"max_abs_err": err, "max_rel_err": rel, "scale": scale}
-        if is_classifier(ref):
-            agree = top1_agreement(ref, val)
-            entry["top1_agreement"] = agree
-            top1 = agree if top1 is None else min(top1, agree)
-            if tol.min_top1 is not None and agree < tol.min_top1:
-                problems.append(f"{name}: top-1 agreement {agree:.3f} < {tol.min_top1}")
         bound = tol.atol + tol.rtol * scale
+        if is_classifier(ref) and len(ref):
+            decisive = top2_margin(ref) > 2 * bound
+            amb = int((~decisive).sum())
+            ambiguous += amb
+            entry["ambiguous_top1"] = amb
+            if decisive.any():
+                agree = top1_agreement(ref[decisive], val[decisive])
+                entry["top1_agreement"] = agree
+                top1 = agree if top1 is None else min(top1, agree)
+                if tol.min_top1 is not None and agree < tol.min_top1:
+                    problems.append(f"{name}: top-1 agreement {agree:.3f} < {tol.min_top1} "
+                                    f"(on {int(decisive.sum())} samples whose top-2 margin exceeds 2 x {bound:.3g})")
         if err > bound:
             problems.append(f"{name}: max abs err {err:.3g} > {bound:.3g} (atol {tol.atol} + rtol {tol.rtol} x {scale:.3g})")
         per[name] = entry
+    n = len(next(iter(reference.values()))) if reference else 0
     return ParityRow(
         runtime=runtime,
         status="failed" if problems else "passed",
         max_abs_err=worst_abs, max_rel_err=worst_rel, atol=tol.atol, rtol=tol.rtol,
         top1_agreement=top1, reason="; ".join(problems) or None, outputs=per,
+        samples=int(keep.sum()) if keep is not None else n,
+        ill_conditioned=int((~keep).sum()) if keep is not None else 0, ambiguous_top1=ambiguous,
     )
 
 
+def _shapes(inputs: dict) -> dict:
+    return {k: list(np.shape(v)[1:]) for k, v in inputs.items()}
+
+
+def _merge(rows: list[ParityRow]) -> ParityRow:
+    """One row for the sizes checked: worst errors, every problem, counts summed."""
+    first = rows[0]
+    if len(rows) == 1:
+        return first
+    failed = [r for r in rows if r.status == "failed"]
+    top1 = [r.top1_agreement for r in rows if r.top1_agreement is not None]
+    reasons = [f"at {r.input_shapes[0]}: {r.reason}" for r in failed]
+    outputs = {}
+    for r in rows:
+        for k, v in r.outputs.items():
+            outputs.setdefault(k, v)
+            for m in ("max_abs_err", "max_rel_err"):
+                if m in v and m in outputs[k]:
+                    outputs[k] = {**outputs[k], m: max(outputs[k][m], v[m])}
+    return ParityRow(
+        first.runtime, "failed" if failed else "passed",
+        max_abs_err=max(r.max_abs_err or 0.0 for r in rows), max_rel_err=max(r.max_rel_err or 0.0 for r in rows),
+        atol=first.atol, rtol=first.rtol, top1_agreement=min(top1) if top1 else None,
+        reason="; ".join(reasons) or None, outputs=outputs, samples=sum(r.samples or 0 for r in rows),
+        ill_conditioned=sum(r.ill_conditioned or 0 for r in rows),
+        ambiguous_top1=sum(r.ambiguous_top1 or 0 for r in rows),
+        input_shapes=[s for r in rows for s in r.input_shapes],
+    )
+
+
+def _judge(name: str, sets: list, got_sets: list, tol) -> ParityRow:
+    rows = []
+    for (ref_in, ref_out), got in zip(sets, got_sets):
+        keep = well_conditioned(ref_out, tol)
+        if keep is not None and not keep.any():
+            continue
+        row = compare(name, ref_out, got, tol, keep)
+        row.input_shapes = [_shapes(ref_in)]
+        if keep is not None and keep.all():
+            row.ill_conditioned = 0
+        rows.append(row)
+    total = sum(len(next(iter(s[1].values()))) for s in sets)
+    if not rows:
+        return ParityRow(name, "uninformative", atol=tol.atol, rtol=tol.rtol, samples=0, ill_conditioned=total,
+                         reason=f"all {total} reference samples are ill-conditioned: Keras' own output moves "
+                                f"beyond the tolerance when the inputs move by one float32 ulp",
+                         input_shapes=[_shapes(s[0]) for s in sets])
+    row = _merge(rows)
+    row.ill_conditioned = total - row.samples
+    return row
+
+
 def check_artifact(artifact, runtime_names, reference_in, reference_out, tol, *, model=None, signature=None):
-    """Run the artifact in each runtime; an unavailable runtime is a skipped row with its reason."""
+    """Run the artifact in each runtime; an unavailable runtime is a skipped row with its reason.
+
+    `reference_out` may carry (as a ReferenceOutputs) the Keras noise floor and reference data at
+    a second input size (free dimensions): every runtime is checked on each size."""
     from kexport.runtimes import get_runtime
     from kexport.runtimes.base import UnsupportedOp
     from kexport.runtimes.isolated import IsolatedSession
 
     rows = []
+    sets = [(reference_in, reference_out)] + list(getattr(reference_out, "alternates", ()) or ())
     dull = uninformative(reference_out)
     # Absolute: runtimes run in other processes with other working directories (Node, gunicorn).
     path = str(Path(artifact.path).resolve())
@@ -145,30 +238,47 @@ def check_artifact(artifact, runtime_names, reference_in, reference_out, tol, *,
         if reason:
             rows.append(ParityRow(name, "skipped", atol=tol.atol, rtol=tol.rtol, reason=reason))
             continue
+        if getattr(rt, "validates", False):  # a validator (manifest schemas): problems, not outputs
+            rows.append(_validation_row(rt, path, artifact.runtime_options, tol))
+            continue
         t0 = time.perf_counter()
         session = None
+        got_sets = []
         try:
             if rt.isolate:
                 session = IsolatedSession(name, path, artifact.runtime_options)
             else:
                 session = rt.load(path, **artifact.runtime_options)
-            got = session.predict(reference_in)
+            for ref_in, _ in sets:
+                got_sets.append(session.predict(ref_in))
         except UnsupportedOp as e:  # the runtime cannot execute it: no verdict on the artifact
             rows.append(ParityRow(name, "skipped", atol=tol.atol, rtol=tol.rtol, reason=f"{name}: {e}",
                                   seconds=round(time.perf_counter() - t0, 3)))
             continue
         except Exception as e:  # the runtime refused the artifact: that is a parity failure
             msg = str(e).strip().splitlines()
+            at = f" at input shapes {_shapes(sets[len(got_sets)][0])}" if len(sets) > 1 else ""
             rows.append(ParityRow(name, "failed", atol=tol.atol, rtol=tol.rtol,
-                                  reason=f"{name} could not run the artifact: {msg[0][:400] if msg else type(e).__name__}",
+                                  reason=f"{name} could not run the artifact{at}: {msg[0][:400] if msg else type(e).__name__}",
                                   seconds=round(time.perf_counter() - t0, 3)))
             continue
         finally:
             if session is not None:
                 session.close()
-        row = compare(name, reference_out, got, tol)
+        row = _judge(name, sets, got_sets, tol)
         row.seconds = round(time.perf_counter() - t0, 3)
         if dull and row.status == "passed":
             row.status, row.reason = "uninformative", dull
         rows.append(row)
     return rows
+
+
+def _validation_row(rt, path: str, options: dict, tol) -> ParityRow:
+    """`passed` when the validator finds no problem; it computes no outputs, so no errors."""
+    t0 = time.perf_counter()
+    try:
+        problems = rt.validate(path, **options)
+    except Exception as e:  # an unreadable artifact is a failed check  # noqa: BLE001
+        problems = [f"{rt.name} could not read the artifact: {str(e).strip()[:400] or type(e).__name__}"]
+    return ParityRow(rt.name, "failed" if problems else "passed", atol=tol.atol, rtol=tol.rtol,
+                     reason="; ".join(problems) or None, seconds=round(time.perf_counter() - t0, 3))

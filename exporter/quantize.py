@@ -1,8 +1,7 @@
 """Quantized variants, the shared part: the `--quantize` vocabulary, and the calibration and
 evaluation data every target's variants use.
 
-One vocabulary across the CLI and the API: each target declares its variants as the `choices`
-of its `--quantize` flag (or a `QUANTIZE` tuple); `all` means every variant of each target, and a
+One vocabulary across the CLI and the API: each target declares its variants (`QUANTIZE`); `all` means every variant of each target, and a
 comma list asks for several (`--quantize int8,float16`). A value no chosen target knows is a
 usage error, so a typo never silently produces nothing.
 
@@ -21,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,18 +42,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 # ---- vocabulary -------------------------------------------------------------------------------
 
 def quantize_choices(target) -> tuple[str, ...]:
-    """The variants a target offers: its `QUANTIZE` attribute, else the choices of the
-    `--quantize` flag it defines (targets written before the shared flag existed)."""
-    declared = getattr(target, "QUANTIZE", None)
-    if declared is None:
-        scratch = argparse.ArgumentParser(add_help=False)
-        try:
-            target.add_arguments(scratch)
-        except argparse.ArgumentError:
-            return ()
-        action = scratch._option_string_actions.get("--quantize")
-        declared = tuple(action.choices or ()) if action else ()
-    return tuple(c for c in declared if c != ALL)
+    """The variants a target offers (its `QUANTIZE` declaration)."""
+    return tuple(c for c in target.QUANTIZE if c != ALL)
 
 
 def requested(value) -> list[str]:

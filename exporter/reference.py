@@ -25,7 +25,16 @@ class KerasSession:
         else:
             x = [inputs[n] for n in sig.input_names]
             x = x[0] if len(x) == 1 else x
-        y = self.model.predict(x, verbose=0, batch_size=64)
+        if any(np.asarray(v).dtype.kind in "USO" for v in inputs.values()):
+            # model.predict refuses every NumPy string dtype ("Invalid dtype: str160"): tf.string tensors
+            import tensorflow as tf
+
+            import keras
+
+            y = keras.tree.map_structure(lambda v: np.asarray(v), self.model(keras.tree.map_structure(
+                lambda v: tf.constant(v) if np.asarray(v).dtype.kind in "USO" else v, x), training=False))
+        else:
+            y = self.model.predict(x, verbose=0, batch_size=64)
         if isinstance(y, dict):
             return {n: np.asarray(y[n]) for n in sig.output_names}
         y = y if isinstance(y, (list, tuple)) else [y]

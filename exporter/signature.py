@@ -19,21 +19,28 @@ class TensorSpec:
     # reference data lands where the model works (not saturated far outside the training range).
     mean: tuple | None = None
     std: tuple | None = None
+    # For float inputs behind a Rescaling layer: the raw range it maps onto [0, 1] or [-1, 1]
+    # (0..255 pixels for Rescaling(1/255) or Rescaling(1/127.5, offset=-1)).
+    low: float | None = None
+    high: float | None = None
+    # For string inputs feeding a StringLookup: its vocabulary (reference strings come from it).
+    vocabulary: tuple | None = None
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["shape"] = list(self.shape)
-        for k in ("int_high", "mean", "std"):
+        for k in ("int_high", "mean", "std", "low", "high", "vocabulary"):
             if d[k] is None:
                 d.pop(k)
-            elif k != "int_high":
+            elif k in ("mean", "std", "vocabulary"):
                 d[k] = list(d[k])
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> "TensorSpec":
         opt = lambda k: tuple(d[k]) if d.get(k) is not None else None  # noqa: E731
-        return cls(d["name"], tuple(d["shape"]), d["dtype"], d.get("int_high"), opt("mean"), opt("std"))
+        return cls(d["name"], tuple(d["shape"]), d["dtype"], d.get("int_high"), opt("mean"), opt("std"),
+                   d.get("low"), d.get("high"), opt("vocabulary"))
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,13 @@
 
 `load(app_dir)` starts gunicorn on a free port and waits for /readyz; `predict` sends the same
 batch in every wire format the app speaks (row JSON, columnar JSON, base64 values, an .npy/.npz
-body) and requires all of them to give the same answer, which parity then compares with Keras;
-`close()` stops gunicorn with SIGTERM (graceful), then SIGKILL if it hangs.
+body, the v2 protocol's binary tensors) and requires all of them to give the same answer, which
+parity then compares with Keras; `close()` stops gunicorn with SIGTERM (graceful), then SIGKILL
+if it hangs.
+
+Every request stays within the app's MAX_CONTENT_LENGTH (model.json): the batch is split into
+as many requests as each format needs (JSON numbers of a 224x224x3 image take ~3 MB a row), and
+a format of which not even one row fits is left out (the binary ones always fit then).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -28,6 +34,7 @@ import numpy as np
 from .base import Runtime, module_missing, register_runtime
 
 READY_TIMEOUT_S = 60.0
+DEFAULT_MAX_CONTENT_LENGTH = 16 * 1024 * 1024
 
 
 @register_runtime
@@ -122,58 +129,127 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict | None 
 
 class FlaskHttpSession:
     def __init__(self, app_dir: Path, workers: int = 1):
-        meta = json.loads((app_dir / "model" / "model.json").read_text())
+        meta = json.loads((app_dir / "model" / "model.json").read_text(encoding="utf-8"))
         self.inputs = meta["signature"]["inputs"]
         self.outputs = meta["signature"]["outputs"]
+        self.limit = int(meta.get("max_content_length", DEFAULT_MAX_CONTENT_LENGTH))
         self.server = GunicornServer(app_dir, workers=workers)
         try:
             self.server.wait_ready()
         except Exception:
             self.server.stop()
             raise
-        self.predict_url = f"{self.server.url}/v1/models/{meta['name']}:predict"
+        name = urllib.parse.quote(meta["name"], safe="")  # any file name is a model name
+        self.predict_url = f"{self.server.url}/v1/models/{name}:predict"
+        self.infer_url = f"{self.server.url}/v2/models/{name}/infer"
 
-    def _post(self, what: str, body: bytes, ctype: str, accept: str = "application/json"):
-        status, rtype, data = http("POST", self.predict_url, body, {"Content-Type": ctype, "Accept": accept})
-        if status != 200:
-            raise RuntimeError(f"flask-http: HTTP {status} for the {what} request: {data[:300].decode(errors='replace')}")
-        return rtype, data
+    def _post(self, what: str, url: str, body: bytes, headers: dict):
+        """(response headers, body) of a 200 answer; anything else is an error naming the format."""
+        req = urllib.request.Request(url, data=body, method="POST", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=60.0) as r:
+                return r.headers, r.read()
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"flask-http: HTTP {e.code} for the {what} request: "
+                               f"{e.read()[:300].decode(errors='replace')}") from None
 
-    def _json(self, what: str, doc: dict) -> dict:
-        _, data = self._post(what, json.dumps(doc).encode(), "application/json")
-        return json.loads(data)
+    def _chunked(self, what: str, x: dict, encode, decode):
+        """Send x in as few requests as keep every body within the app's limit; None when not
+        even one row fits this format."""
+        n = len(next(iter(x.values())))
+        rows = n
+        while rows >= 1:
+            body, headers = encode({k: v[:rows] for k, v in x.items()})
+            if len(body) <= self.limit:
+                break
+            rows = min(rows - 1, max(1, int(rows * self.limit / len(body) * 0.95)))
+        else:
+            return None
+        parts = []
+        for start in range(0, n, rows):
+            chunk = {k: v[start:start + rows] for k, v in x.items()}
+            body, headers = encode(chunk)
+            if len(body) > self.limit:  # rows vary in JSON length: halve this chunk
+                half = max(1, len(next(iter(chunk.values()))) // 2)
+                sub = [self._chunked(what, {k: v[i:i + half] for k, v in chunk.items()}, encode, decode)
+                       for i in range(0, len(next(iter(chunk.values()))), half)]
+                if any(p is None for p in sub):
+                    return None
+                parts.extend(sub)
+                continue
+            answer_headers, data = self._post(what, self.infer_url if what.startswith("v2") else self.predict_url,
+                                              body, headers)
+            parts.append(decode(answer_headers, data))
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def predict(self, inputs):
         names = [t["name"] for t in self.inputs]
         outs = [t["name"] for t in self.outputs]
         x = {n: np.asarray(inputs[n]) for n in names}
-        n_rows = len(x[names[0]])
         one_in, one_out = len(names) == 1, len(outs) == 1
+        as_json = {"Content-Type": "application/json", "Accept": "application/json"}
 
-        rows = x[names[0]].tolist() if one_in else [{n: x[n][i].tolist() for n in names} for i in range(n_rows)]
-        preds = self._json("row-format", {"instances": rows})["predictions"]
-        answer = {outs[0]: preds} if one_out else {o: [p[o] for p in preds] for o in outs}
-        answer = self._typed(answer)
+        def rows_body(c):
+            n_rows = len(c[names[0]])
+            rows = c[names[0]].tolist() if one_in else [{n: c[n][i].tolist() for n in names} for i in range(n_rows)]
+            return json.dumps({"instances": rows}).encode(), as_json
 
-        cols = self._json("columnar", {"inputs": x[names[0]].tolist() if one_in else {n: x[n].tolist() for n in names}})
-        self._same("columnar JSON", answer, self._typed({outs[0]: cols["outputs"]} if one_out else cols["outputs"]))
+        def rows_answer(_, data):
+            preds = json.loads(data)["predictions"]
+            return self._typed({outs[0]: preds} if one_out else {o: [p[o] for p in preds] for o in outs})
 
-        if all(None not in t["shape"][1:] for t in self.inputs):
-            b64 = {n: {"b64": base64.b64encode(x[n].astype(np.dtype(t["dtype"]).newbyteorder("<")).tobytes()).decode()}
+        def cols_body(c):
+            return json.dumps({"inputs": c[names[0]].tolist() if one_in else {n: c[n].tolist() for n in names}}).encode(), as_json
+
+        def cols_answer(_, data):
+            got = json.loads(data)["outputs"]
+            return self._typed({outs[0]: got} if one_out else got)
+
+        def b64_body(c):
+            b64 = {n: {"b64": base64.b64encode(c[n].astype(np.dtype(t["dtype"]).newbyteorder("<")).tobytes()).decode()}
                    for n, t in zip(names, self.inputs)}
-            doc = self._json("b64", {"inputs": b64[names[0]] if one_in else b64})
-            self._same("b64 values", answer, self._typed({outs[0]: doc["outputs"]} if one_out else doc["outputs"]))
+            return json.dumps({"inputs": b64[names[0]] if one_in else b64}).encode(), as_json
 
-        buf = io.BytesIO()
-        if one_in:
-            np.save(buf, x[names[0]])
-        else:
-            np.savez(buf, **x)
-        rtype, data = self._post("npy", buf.getvalue(), "application/x-npy" if one_in else "application/x-npz",
-                                 accept="application/x-npy" if one_out else "application/x-npz")
-        loaded = np.load(io.BytesIO(data), allow_pickle=False)
-        binary = {outs[0]: loaded} if one_out else {o: loaded[o] for o in outs}
-        self._same(f"{rtype} body", answer, binary)
+        def npy_body(c):
+            buf = io.BytesIO()
+            if one_in:
+                np.save(buf, c[names[0]])
+            else:
+                np.savez(buf, **c)
+            return buf.getvalue(), {"Content-Type": "application/x-npy" if one_in else "application/x-npz",
+                                    "Accept": "application/x-npy" if one_out else "application/x-npz"}
+
+        def npy_answer(_, data):
+            loaded = np.load(io.BytesIO(data), allow_pickle=False)
+            return {outs[0]: loaded} if one_out else {o: loaded[o] for o in outs}
+
+        def v2_body(c):
+            tensors = [{"name": n, "shape": list(c[n].shape), "datatype": _V2[np.dtype(t["dtype"]).name],
+                        "parameters": {"binary_data_size": c[n].astype(np.dtype(t["dtype"])).nbytes}}
+                       for n, t in zip(names, self.inputs)]
+            header = json.dumps({"inputs": tensors, "parameters": {"binary_data_output": True}}).encode()
+            raw = b"".join(np.ascontiguousarray(c[n].astype(np.dtype(t["dtype"]).newbyteorder("<"))).tobytes()
+                           for n, t in zip(names, self.inputs))
+            return header + raw, {"Inference-Header-Content-Length": str(len(header))}
+
+        def v2_answer(headers, data):
+            return _v2_outputs(data, int(headers["Inference-Header-Content-Length"]))
+
+        formats = [("row-format", rows_body, rows_answer), ("columnar JSON", cols_body, cols_answer)]
+        if all(None not in t["shape"][1:] for t in self.inputs):
+            formats.append(("b64 values", b64_body, cols_answer))
+        formats += [("npy body", npy_body, npy_answer), ("v2 binary", v2_body, v2_answer)]
+        answer = None
+        for what, encode, decode in formats:
+            got = self._chunked(what, x, encode, decode)
+            if got is None:
+                continue  # not even one row of this format fits MAX_CONTENT_LENGTH
+            if answer is None:
+                answer = got
+            else:
+                self._same(what, answer, got)
+        if answer is None:
+            raise RuntimeError(f"flask-http: one example does not fit MAX_CONTENT_LENGTH={self.limit} in any format")
         return answer
 
     def _typed(self, answer: dict) -> dict:
@@ -186,7 +262,23 @@ class FlaskHttpSession:
             g = np.asarray(got[k])
             if g.shape != v.shape or not np.array_equal(g, v):
                 diff = float(np.max(np.abs(g.astype(np.float64) - v))) if g.shape == v.shape else "shape"
-                raise RuntimeError(f"flask-http: the {what} answer for '{k}' differs from the row-format answer ({diff})")
+                raise RuntimeError(f"flask-http: the {what} answer for '{k}' differs from the first format's ({diff})")
 
     def close(self):
         self.server.stop()
+
+
+_V2 = {"bool": "BOOL", "uint8": "UINT8", "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64",
+       "float16": "FP16", "float32": "FP32", "float64": "FP64"}
+_V2_NUMPY = {v: np.dtype(k).newbyteorder("<") if k != "bool" else np.dtype(k) for k, v in _V2.items()}
+
+
+def _v2_outputs(data: bytes, header_length: int) -> dict:
+    """The outputs of a v2 response with binary tensors (JSON header, then the raw bytes)."""
+    doc = json.loads(data[:header_length])
+    out, offset = {}, header_length
+    for t in doc["outputs"]:
+        size = t["parameters"]["binary_data_size"]
+        out[t["name"]] = np.frombuffer(data[offset:offset + size], _V2_NUMPY[t["datatype"]]).reshape(t["shape"])
+        offset += size
+    return out

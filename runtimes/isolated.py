@@ -47,10 +47,14 @@ def _unpack(payload: bytes) -> dict:
 class IsolatedSession:
     """predict() forwards to a worker process; close() ends it."""
 
-    def __init__(self, runtime: str, path: str, options: dict | None = None, timeout: float = 300):
-        env = dict(os.environ)
+    def __init__(self, runtime: str, path: str, options: dict | None = None, timeout: float = 300,
+                 *, python: list[str] | None = None, env: dict | None = None):
+        # python/env: another interpreter for the worker and its whole environment (the arm64
+        # root under qemu, runtimes/litert_arm64.py); by default this interpreter.
+        env = dict(os.environ) if env is None else env
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", f"{__package__}.isolated", runtime, str(path), json.dumps(options or {})],
+            [*(python or [sys.executable]), "-m", f"{__package__}.isolated", runtime, str(path),
+             json.dumps(options or {})],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
         )
         hello = json.loads(_unpack_text(_recv(self.proc.stdout), self.proc))

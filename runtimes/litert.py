@@ -16,6 +16,10 @@ class LiteRTRuntime(Runtime):
     name = "litert"
     isolate = True
     install_hint = "pip install ai-edge-litert"
+    # What a generated server (target `flask`) takes from this runtime (see onnxruntime_runtime.py);
+    # the interpreter is not thread-safe, so the server serialises calls to one session.
+    server = {"artifact_target": "tflite", "files": ("litert.py",), "requirements": ("ai-edge-litert",),
+              "thread_safe": False, "platform": "tensorflow_lite"}
 
     def available(self):
         return module_missing("ai_edge_litert", "ai-edge-litert")
@@ -32,8 +36,13 @@ class LiteRTSession:
             self.interp = Interpreter(model_path=path, num_threads=num_threads)
         except (RuntimeError, ValueError) as e:
             raise RuntimeError(f"{path}: LiteRT cannot load the model: {str(e).splitlines()[0]}") from e
-        try:  # fail at load, not at the first call, for ops this interpreter lacks (Flex)
-            self.interp.allocate_tensors()
+        # Fail at load, not at the first call, for ops this interpreter lacks (Flex). A model with
+        # free dimensions besides the batch (sizes -1) is prepared at each call instead, at the
+        # caller's sizes: at the placeholder size 1 a strided valid conv has no output.
+        free = any(-1 in list(d["shape_signature"])[1:] for d in self.interp.get_input_details())
+        try:
+            if not free:
+                self.interp.allocate_tensors()
         except RuntimeError as e:
             raise RuntimeError(f"{path}: LiteRT cannot prepare the model: {' '.join(str(e).split())[:400]}") from e
         sigs = self.interp.get_signature_list()

@@ -8,13 +8,19 @@ from .base import Runtime, module_missing, register_runtime
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int32)": np.int32,
               "tensor(int64)": np.int64, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
-              "tensor(int8)": np.int8, "tensor(bool)": np.bool_}
+              "tensor(int8)": np.int8, "tensor(bool)": np.bool_,
+              "tensor(string)": np.str_}
 
 
 @register_runtime
 class OnnxRuntime(Runtime):
     name = "onnxruntime"
     install_hint = "pip install onnxruntime"
+    # What a generated server (target `flask`) takes from this runtime: the artifact of the
+    # `onnx` target, this module (copied with base.py), its pip distributions; one session may
+    # be called from several threads at once; the v2 protocol's platform name.
+    server = {"artifact_target": "onnx", "files": ("onnxruntime_runtime.py",), "requirements": ("onnxruntime",),
+              "thread_safe": True, "platform": "onnxruntime_onnx"}
 
     def available(self):
         return module_missing("onnxruntime", "onnxruntime")

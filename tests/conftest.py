@@ -11,7 +11,6 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 SAMPLES = ROOT / "sample_models"
 # name -> file; every one of these goes through the whole parity matrix.
@@ -23,6 +22,12 @@ SAMPLE_MODELS = {
     "two_in_two_out": SAMPLES / "two_in_two_out.keras",
     "iris_keras2": SAMPLES / "iris_keras2.h5",
 }
+# `make test-fast`: the edit-run loop on two small models (one multi-IO).
+FAST = os.environ.get("KEXPORT_FAST") == "1"
+if FAST:
+    SAMPLE_MODELS = {k: SAMPLE_MODELS[k] for k in ("wine_mlp", "two_in_two_out")}
+# `make test-onednn`: the matrix for the targets whose converters see TensorFlow's graph rewrites.
+TEST_TARGETS = [t for t in os.environ.get("KEXPORT_TEST_TARGETS", "all").split(",") if t]
 
 
 class _ExportCache:
@@ -36,9 +41,17 @@ class _ExportCache:
             import kexport
 
             out = self.root / model_name
-            result = kexport.export(str(SAMPLE_MODELS[model_name]), ["all"], out)
+            result = kexport.export(str(SAMPLE_MODELS[model_name]), TEST_TARGETS, out)
             self._done[model_name] = (result, out)
         return self._done[model_name]
+
+
+def pytest_collection_modifyitems(config, items):
+    if FAST:  # the browser and keras.applications stay in `make test`
+        skip = pytest.mark.skip(reason="make test-fast: runs in make test")
+        for item in items:
+            if "tfjs-chromium" in item.nodeid or item.get_closest_marker("slow"):
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

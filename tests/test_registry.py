@@ -19,8 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_every_target_module_is_registered():
-    modules = {p.stem for p in (ROOT / "exporter" / "targets").glob("*.py")} - {"__init__", "base"}
-    registered = {type(t).__module__.rsplit(".", 1)[-1] for t in all_targets().values()}
+    """A module or package in exporter/targets/ that registers nothing fell out of the registry."""
+    folder = ROOT / "exporter" / "targets"
+    modules = ({p.stem for p in folder.glob("*.py")} | {p.parent.name for p in folder.glob("*/__init__.py")}) - {"__init__", "base"}
+    registered = {type(t).__module__.split(".")[2] for t in all_targets().values()}
     assert modules <= registered, f"target modules never registered: {sorted(modules - registered)}"
 
 
@@ -31,10 +33,8 @@ def test_every_runtime_named_by_a_target_exists():
             assert rt in runtimes, f"target {name} names unknown runtime {rt}"
 
 
-def test_every_runtime_verifies_some_target_or_is_the_reference():
-    from kexport.targets import tf_serving
-
-    used = {rt for t in all_targets().values() for rt in t.runtimes} | {"keras"} | set(tf_serving.RUNTIMES)
+def test_every_runtime_verifies_some_target():
+    used = {rt for t in all_targets().values() for rt in t.runtimes}
     assert set(all_runtimes()) <= used, f"runtimes no target uses: {set(all_runtimes()) - used}"
 
 

@@ -82,7 +82,7 @@ def test_version_published_and_checked(tfs_repo, name, version):
     assert (vdir / "saved_model.pb").is_file() and (vdir / "assets.extra" / "tf_serving_warmup_requests").is_file()
     report = json.loads((tfs_repo.report_dir(name, version) / "report.json").read_text())
     assert set(report) == {"kexport_version", "model", "versions", "seconds", "targets"}
-    assert report["targets"][0]["artifact"] == "../.." and report["targets"][0]["bundle"] == "tf-serving"
+    assert report["targets"][0]["artifact"] == "../.." and report["targets"][0]["target"] == "tf-serving"
     assert not list(tfs_repo.root.glob(".kexport-*")), "temporary directory left in the repository"
 
 
@@ -262,14 +262,18 @@ def test_published_report_reverifies(tfs_repo):
 
     result = verify(tfs_repo.report_dir("two_in_two_out", 1))
     assert result.ok, result.failures()
-    assert [p.runtime for p in result.targets[0].parity] == ["tf-saved-model"]
-    assert result.targets[0].parity[0].status == "passed"
+    # verify re-runs everything the export ran: both runtimes and the TF-Serving checks
+    assert [p.runtime for p in result.targets[0].parity] == list(CHECKS)
+    assert all(p.status == "passed" for p in result.targets[0].parity)
 
 
 # ----------------------------------------------------------------------------- bad input, no model load
 def test_batching_defaults_round_trip_and_flags(tmp_path):
     from kexport.cli import build_parser
-    from kexport.targets.tf_serving import options_from_args
+    from kexport.cli import _options
+
+    def options_from_args(args):
+        return _options(args).target_options["tf-serving"], None
 
     d = BatchingParameters().validated()
     assert BatchingParameters.from_text(d.to_text()) == d
@@ -402,7 +406,7 @@ def test_existing_version_refused_unless_force(iris_repo):
 
 
 def test_failed_run_changes_nothing(iris_repo, tmp_path, monkeypatch):
-    import kexport.targets.tf_serving.publish as tfs
+    from kexport.targets import get_target
 
     before = _snapshot(iris_repo)
     labels = tmp_path / "labels.txt"
@@ -413,7 +417,7 @@ def test_failed_run_changes_nothing(iris_repo, tmp_path, monkeypatch):
     assert _snapshot(iris_repo) == before
     # checks that fail (a negative tolerance no answer can meet) must not publish anything;
     # saved_model_cli is left out here for time, it is exercised by the session repository
-    monkeypatch.setattr(tfs, "RUNTIMES", ("tf-saved-model",))
+    monkeypatch.setattr(type(get_target("tf-serving")), "runtimes", ("tf-saved-model",))
     r = export_repository(str(SAMPLE_MODELS["iris_keras2"]), iris_repo, TFServingOptions(name="iris"),
                           ExportOptions(atol=-1.0, rtol=0.0))
     assert not r.ok and r.targets[0].extra["published"] is False

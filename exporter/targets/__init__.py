@@ -11,3 +11,8 @@ from . import onnx  # noqa: F401,E402
 from . import coreml  # noqa: F401,E402
 from . import flask  # noqa: F401,E402
 from . import tfjs  # noqa: F401,E402
+from . import triton  # noqa: F401,E402
+from . import kserve  # noqa: F401,E402
+from . import tf_serving  # noqa: F401,E402
+from . import spark  # noqa: F401,E402
+from . import dl4j  # noqa: F401,E402

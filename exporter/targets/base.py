@@ -55,6 +55,10 @@ class Target:
     requires: tuple[str, ...] = ()  # importable modules the converter needs
     tolerance: Tolerance = FP32
     Options: type = NoOptions
+    # the `--quantize` variants this target offers (beside fp32), e.g. ("dynamic", "int8")
+    QUANTIZE: tuple[str, ...] = ()
+    # distributions whose versions go into report.json (converter and runtime packages)
+    packages: tuple[str, ...] = ()
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -62,6 +66,9 @@ class Target:
 
     @classmethod
     def options_from_args(cls, args: argparse.Namespace):
+        """`args` holds exactly this target's own flags (as add_arguments declared them) plus the
+        shared ones (`quantize`): the CLI builds one namespace per target, so flags of two
+        targets never collide."""
         return cls.Options()
 
     def variants(self, options) -> list[str]:
@@ -81,6 +88,11 @@ class Target:
 
     def export(self, ctx, dest: Path, options, variant: str) -> Artifact:
         raise NotImplementedError
+
+    def checks(self, ctx, artifact: Artifact, options, tol: Tolerance) -> list:
+        """Parity rows beyond running the artifact in `runtimes` (a config parsed by its server's
+        own schema, warmup records replayed, ...): a list of `parity.ParityRow`."""
+        return []
 
 
 _TARGETS: dict[str, Target] = {}

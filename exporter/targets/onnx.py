@@ -44,9 +44,10 @@ class OnnxOptions:
 class OnnxTarget(Target):
     name = "onnx"
     description = "ONNX model for onnxruntime and other ONNX runtimes"
-    runtimes = ("onnxruntime",)
+    runtimes = ("onnxruntime", "onnxruntime-java")
     extra = "onnx"
     requires = ("tf2onnx", "onnx")
+    packages = ("tf2onnx", "onnx", "onnxruntime")
     Options = OnnxOptions
     QUANTIZE = QUANTIZE
 
@@ -56,7 +57,7 @@ class OnnxTarget(Target):
 
     @classmethod
     def options_from_args(cls, args):
-        return OnnxOptions(opset=getattr(args, "opset", None) or DEFAULT_OPSET, quantize=getattr(args, "quantize", None))
+        return OnnxOptions(opset=args.opset, quantize=args.quantize)
 
     def variants(self, options) -> list[str]:
         from ..quantize import selected
@@ -87,15 +88,20 @@ class OnnxTarget(Target):
             return quantize_onnx(ctx, fp32, dest / f"model_{variant}.onnx", variant, self.name)
         import tf2onnx
 
+        from ..context import op_types
+
         graph_def, in_map, out_map = ctx.frozen_graph(rewrite=True)
-        _, applied = ctx.saved_model(rewrite=True)
+        sm_path, applied = ctx.saved_model(rewrite=True)
         dest.mkdir(parents=True, exist_ok=True)
         out = dest / "model.onnx"
         try:
-            model_proto, _ = tf2onnx.convert.from_graph_def(
-                graph_def, input_names=list(in_map), output_names=list(out_map), opset=options.opset,
-                tensors_to_rename={**in_map, **out_map},
-            )
+            if op_types(graph_def) & _TABLE_OPS:
+                model_proto = _convert_with_tables(sm_path, options.opset)
+            else:
+                model_proto, _ = tf2onnx.convert.from_graph_def(
+                    graph_def, input_names=list(in_map), output_names=list(out_map), opset=options.opset,
+                    tensors_to_rename={**in_map, **out_map},
+                )
         except Exception as e:
             raise ConversionError(f"target '{self.name}': tf2onnx failed: {first_line(e)}") from e
         names = {o.name for o in model_proto.graph.output} | {i.name for i in model_proto.graph.input}
@@ -105,6 +111,27 @@ class OnnxTarget(Target):
                                   f"expected the Keras names {sorted(expected)}")
         out.write_bytes(model_proto.SerializeToString())
         return Artifact(out, notes=list(applied), extra={"opset": options.opset})
+
+
+# Lookup tables (StringLookup, IntegerLookup, ...): freezing leaves their resource handle as a
+# graph input; tf2onnx needs the tables' contents, which its SavedModel loader reads.
+_TABLE_OPS = {"LookupTableFindV2", "LookupTableSizeV2", "HashTableV2", "MutableHashTableV2"}
+
+
+def _convert_with_tables(sm_path: Path, opset: int):
+    """The path of `python -m tf2onnx.convert --saved-model` (tf2onnx/convert.py main): the
+    serving signature frozen with its initialized tables, tensors renamed to the signature keys."""
+    import tensorflow as tf
+    from tf2onnx import tf_loader
+    from tf2onnx.convert import _convert_common
+
+    graph_def, inputs, outputs, tables, rename = tf_loader.from_saved_model(
+        str(sm_path), None, None, ["serve"], ["serving_default"], None, False,
+        return_initialized_tables=True, return_tensors_to_rename=True)
+    with tf.device("/cpu:0"):
+        proto, _ = _convert_common(graph_def, name=str(sm_path), opset=opset, input_names=inputs,
+                                   output_names=outputs, tensors_to_rename=rename, initialized_tables=tables)
+    return proto
 
 
 def quantize_onnx(ctx, fp32: Path, out: Path, variant: str, target: str) -> Artifact:

@@ -22,6 +22,7 @@ class SavedModelTarget(Target):
     runtimes = ("tf-saved-model",)
     extra = ""
     requires = ("tensorflow",)
+    packages = ("tensorflow",)
     Options = SavedModelOptions
 
     @classmethod
@@ -30,7 +31,7 @@ class SavedModelTarget(Target):
 
     @classmethod
     def options_from_args(cls, args):
-        return SavedModelOptions(version=getattr(args, "version", 1) or 1)
+        return SavedModelOptions(version=args.version)
 
     def export(self, ctx, dest: Path, options, variant: str) -> Artifact:
         import shutil

@@ -48,9 +48,10 @@ class TFLiteOptions:
 class TFLiteTarget(Target):
     name = "tflite"
     description = "TensorFlow Lite / LiteRT flatbuffer for Android, iOS, Raspberry Pi"
-    runtimes = ("litert",)
+    runtimes = ("litert", "litert-arm64")
     extra = "tflite"
     requires = ("tensorflow",)
+    packages = ("tensorflow", "ai-edge-litert")
     Options = TFLiteOptions
     QUANTIZE = QUANTIZE
 
@@ -63,8 +64,7 @@ class TFLiteTarget(Target):
 
     @classmethod
     def options_from_args(cls, args):
-        return TFLiteOptions(allow_tf_ops=bool(getattr(args, "allow_tf_ops", False)),
-                             quantize=getattr(args, "quantize", None), int8_io=bool(getattr(args, "int8_io", False)))
+        return TFLiteOptions(allow_tf_ops=args.allow_tf_ops, quantize=args.quantize, int8_io=args.int8_io)
 
     def variants(self, options) -> list[str]:
         from ..quantize import selected

@@ -44,8 +44,8 @@ class Program:
         env = dict(self.consts)
         for name, (shp, dtype) in self.inputs.items():
             x = np.asarray(feeds[name]).astype(dtype)
-            if tuple(x.shape) != tuple(shp):
-                raise ValueError(f"input '{name}' has shape {x.shape}, the program expects {shp}")
+            if len(x.shape) != len(shp) or any(d is not None and d != e for d, e in zip(shp, x.shape)):
+                raise ValueError(f"input '{name}' has shape {x.shape}, the program expects {shp} (None: flexible)")
             env[name] = _widen(x)
         for step in self.steps:
             args = {}
@@ -131,7 +131,7 @@ def load_program(path: str) -> Program:
     for v in func.inputs.values():
         key(v)
     program = Program(
-        inputs={n: (tuple(int(d) for d in v.shape), np_dtype(v)) for n, v in func.inputs.items()},
+        inputs={n: (_dims(v.shape), np_dtype(v)) for n, v in func.inputs.items()},
         outputs=[(key(v), v.name) for v in func.outputs], steps=[],
         description={"inputs": {f.name: f.type.WhichOneof("Type") for f in spec.description.input},
                      "predicted_feature": spec.description.predictedFeatureName or None},
@@ -154,6 +154,17 @@ def load_program(path: str) -> Program:
             if kind == "ref" and v in program.consts and _is_param(program.consts[v]):
                 step.inputs[k] = ("const", _param(program.consts[v]))
     return program
+
+
+def _dims(shape) -> tuple:
+    """Fixed sizes as ints; a flexible (symbolic) size as None."""
+    out = []
+    for d in shape:
+        try:
+            out.append(int(d))
+        except TypeError:
+            out.append(None)
+    return tuple(out)
 
 
 def _const(val):

@@ -74,6 +74,7 @@ class CoreMLTarget(Target):
     runtimes = ("coreml-reference", "coreml")
     extra = "coreml"
     requires = ("coremltools", "tensorflow")
+    packages = ("coremltools",)
     tolerance = FP32
     Options = CoreMLOptions
     QUANTIZE = QUANTIZE
@@ -100,17 +101,15 @@ class CoreMLTarget(Target):
 
     @classmethod
     def options_from_args(cls, args):
-        g = lambda k, d=None: getattr(args, k, d)  # noqa: E731  (`kexport all` may lack some flags)
         try:
-            bias = tuple(float(b) for b in str(g("bias", "0")).split(","))
+            bias = tuple(float(b) for b in str(args.bias).split(","))
         except ValueError as e:
-            raise UsageError(f"--bias={g('bias')!r}: expected a number or 'r,g,b' numbers") from e
+            raise UsageError(f"--bias={args.bias!r}: expected a number or 'r,g,b' numbers") from e
         return CoreMLOptions(
-            format=g("coreml_format") or "mlprogram", deployment_target=g("deployment_target"),
-            precision=g("precision") or "float16", quantize=g("quantize"), image_input=g("image_input"),
-            scale=g("scale", 1.0) if g("scale") is not None else 1.0, bias=bias,
-            color_layout=g("color_layout") or "RGB", class_labels=g("class_labels"), author=g("author"),
-            license=g("license"), short_description=g("short_description"), model_version=g("model_version"),
+            format=args.coreml_format, deployment_target=args.deployment_target, precision=args.precision,
+            quantize=args.quantize, image_input=args.image_input, scale=args.scale, bias=bias,
+            color_layout=args.color_layout, class_labels=args.class_labels, author=args.author,
+            license=args.license, short_description=args.short_description, model_version=args.model_version,
         )
 
     def variants(self, options) -> list[str]:
@@ -133,7 +132,11 @@ class CoreMLTarget(Target):
         from ...context import op_types
 
         ops_used = op_types(ctx.serving_function(rewrite=True)[0].graph.as_graph_def())
-        problems = []
+        problems = [f"input '{t.name}' is a string tensor: Core ML has no string tensor type (feed token "
+                    "ids: map strings to integers in the app and export the model after its StringLookup)"
+                    for t in ctx.signature.inputs if t.dtype == "string"]
+        if problems:
+            return problems
         for op in sorted(ops_used - _STRUCTURAL):
             if op in BROKEN_TF_OPS:
                 problems.append(f"TF op {op}: {BROKEN_TF_OPS[op]}")
@@ -242,8 +245,14 @@ def convert(ctx, options, variant: str, target: str):
     for t in sig.inputs:
         shape = (1,) + tuple(t.shape[1:])
         if None in shape:
-            raise UnsupportedError(target, [f"input '{t.name}' with free dimension {list(t.shape)}"],
-                                   "CoreML needs fixed sizes besides the batch; give the Keras Input a shape")
+            # Free sizes stay free (a RangeDim, default = the reference size): an app may feed any
+            # size the model accepts. Verified by the interpreter at two sizes.
+            ref = ctx.inputs[t.name].shape
+            # (ML Programs need a finite upper bound: 4x the reference size, at least 1024)
+            shape = ct.Shape((1,) + tuple(ct.RangeDim(lower_bound=1, upper_bound=max(1024, 4 * int(ref[i])),
+                                                      default=int(ref[i]))
+                                          if d is None else int(d) for i, d in enumerate(t.shape[1:], 1)))
+            notes.append(f"input '{t.name}': free dimensions kept flexible (RangeDim, default {list(ref[1:])})")
         if t.name == options.image_input:
             bias = list(options.bias) if len(options.bias) > 1 else options.bias[0]
             inputs.append(ct.ImageType(name=t.name, shape=shape, scale=options.scale, bias=bias,

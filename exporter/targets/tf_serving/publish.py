@@ -35,7 +35,7 @@ from ...errors import KexportError, UsageError
 from ...options import ExportOptions
 from .proto import BATCHING_NAME, CONFIG_NAME, WARMUP_NAME, BatchingParameters
 
-RUNTIMES = ("tf-saved-model", "tf-saved-model-cli")
+RUNTIMES = ("tf-saved-model", "tf-saved-model-cli")  # the SavedModel loader, `saved_model_cli run`
 REPORT_DIR = ("assets.extra", "kexport")  # inside the version: travels with it, ignored by TF-Serving
 EXAMPLES_DIR = "examples"
 EXAMPLE_ROWS = 2  # rows per example REST body: enough to show the batch structure, short to read
@@ -56,15 +56,13 @@ class TFServingOptions:
     class_labels: str | None = None  # text file, one label per line, in output order
     top_k: int | None = None  # default min(5, classes)
     classifier_output: str | None = None  # default: the only (batch, classes>1) output
+    repository: str | None = None  # publishing: the repository whose models.config the new one extends
 
 
 def add_arguments(p) -> None:
-    """Flags of the `tf-serving` subcommand (the model/--inputs/--samples ones come from the CLI)."""
-    for action in p._actions:  # -o comes from the shared flags; here it names the repository
-        if action.dest == "out":
-            action.default, action.help = None, "the model repository directory (required)"
+    """Flags of the target (and of `kexport tf-serving`, where -o names the repository)."""
     p.add_argument("--name", help="model name in the repository and the REST path (default: model file name)")
-    p.add_argument("--version", type=int, help="version directory (default: the next free one)")
+    p.add_argument("--version", type=int, help="version directory (default: the next free one; 1 in a fresh bundle)")
     p.add_argument("--force", action="store_true", help="replace the version directory if it exists")
     p.add_argument("--version-policy", help="latest, latest:N, all, specific or specific:V1,V2 (default: "
                    "a new model or a specific list serves every published version; other policies are kept)")
@@ -82,7 +80,8 @@ def add_arguments(p) -> None:
     p.add_argument("--classifier-output", help="output the extra signature ranks (default: the only classifier output)")
 
 
-def options_from_args(args) -> tuple[TFServingOptions, ExportOptions]:
+def options_from_args(args) -> TFServingOptions:
+    """`args`: the target's own namespace (see cli.target_namespace)."""
     batching = None
     given = {f: getattr(args, f) for f in ("max_batch_size", "batch_timeout_micros", "num_batch_threads",
                                            "max_enqueued_batches") if getattr(args, f) is not None}
@@ -99,34 +98,33 @@ def options_from_args(args) -> tuple[TFServingOptions, ExportOptions]:
         elif "max_batch_size" in given:  # keep the documented default shape: pad to max only
             sizes = tuple(b for b in sizes if b < given["max_batch_size"]) + (given["max_batch_size"],)
         batching = replace(d, allowed_batch_sizes=sizes, **given)
-    topts = TFServingOptions(name=args.name, version=args.version, force=args.force, version_policy=args.version_policy,
-                             base_path=args.base_path, batching=batching, signature=args.signature,
-                             class_labels=args.class_labels, top_k=args.top_k, classifier_output=args.classifier_output)
-    eopts = ExportOptions(safe_mode=not args.unsafe, custom_objects=args.custom_objects, inputs=args.inputs,
-                          samples=args.samples, verify=not args.no_verify, atol=args.atol, rtol=args.rtol)
-    return topts, eopts
+    return TFServingOptions(name=args.name, version=args.version, force=args.force, version_policy=args.version_policy,
+                            base_path=args.base_path, batching=batching, signature=args.signature,
+                            class_labels=args.class_labels, top_k=args.top_k, classifier_output=args.classifier_output)
 
 
-def run_command(args, progress=None):
-    if not args.out:
+def run_command(model, repo, topts: TFServingOptions, eopts: ExportOptions, progress=None):
+    """`kexport tf-serving MODEL -o REPO`: the target, then publishing into REPO."""
+    if not repo:
         raise UsageError("kexport tf-serving: pass the repository directory with -o REPO")
-    for flag in ("quantize", "calibration", "eval"):
-        if getattr(args, flag, None):
-            raise UsageError(f"kexport tf-serving: --{flag} does not apply (TF-Serving serves the fp32 SavedModel); "
-                             "use 'kexport tflite/onnx --quantize' for quantized variants")
-    topts, eopts = options_from_args(args)
-    return export_repository(args.model, args.out, topts, eopts, progress=progress)
+    if eopts.quantize or eopts.calibration or eopts.eval:
+        raise UsageError("kexport tf-serving: --quantize/--calibration/--eval do not apply (TF-Serving serves the fp32 "
+                         "SavedModel); use 'kexport tflite/onnx --quantize' for quantized variants")
+    return export_repository(model, repo, topts, eopts, progress=progress)
 
 
 # ----------------------------------------------------------------------------- pipeline
 def export_repository(model, repo, options: TFServingOptions | None = None, export_options: ExportOptions | None = None,
                       progress=None):
-    """Add one version of `model` to the TF-Serving repository `repo`; returns the ExportResult
-    (also written to REPO/NAME/<version>/assets.extra/kexport/report.json when published)."""
+    """Add one version of `model` to the TF-Serving repository `repo`: the `tf-serving` target
+    run exactly as `kexport all` runs it (export, runtimes, checks), then published into REPO.
+    Returns the ExportResult (also written to REPO/NAME/<version>/assets.extra/kexport/report.json
+    when published)."""
     from ... import __version__
-    from ...api import build_context, ensure_writable, versions
+    from ...api import build_context, ensure_writable, run_target, versions
     from ...report import ExportResult
-    from .proto import check_model_name, parse_version_policy, read_config
+    from ..base import get_target
+    from .proto import check_model_name, parse_version_policy
 
     options = options or TFServingOptions()
     eopts = export_options or ExportOptions()
@@ -134,39 +132,35 @@ def export_repository(model, repo, options: TFServingOptions | None = None, expo
     t0 = time.perf_counter()
     repo = Path(repo)
     name = check_model_name(options.name or Path(model).stem.replace(".", "_"))
-    policy = parse_version_policy(options.version_policy) if options.version_policy else None
-    batching = options.batching.validated() if options.batching else None
-    extra_sig = _extra_signature_name(options)
+    if options.version_policy:
+        parse_version_policy(options.version_policy)
+    _extra_signature_name(options)
     created_repo = not repo.exists()
     ensure_writable(repo)
     tmp = ctx = None
     published = False
     try:
         version = _choose_version(repo / name, options)
-        old_config = read_config(repo / CONFIG_NAME)
-        batching = batching or _current_batching(repo)
+        topts = replace(options, name=name, version=version, repository=str(repo))
         ctx = build_context(model, eopts, say)
-        classify = _classify_spec(ctx, options, extra_sig)
+        ctx.export_options = eopts
         tmp = Path(tempfile.mkdtemp(prefix=".kexport-tf-serving-", dir=repo))
         result = ExportResult(__version__, {"path": str(model), "sha256": ctx.model_sha256, **ctx.signature.to_json()},
                               versions=versions(), seconds=dict(ctx.timings))
-        vdir = tmp / str(version)
-        say(f"writing {name}/{version} (SavedModel, warmup requests)")
-        row = _build_version(ctx, vdir, name, classify, batching.max_batch_size)
-        if eopts.verify:
-            say("checking: SavedModel loader, saved_model_cli run, signature defs, warmup replay")
-            row.parity = _check_version(ctx, vdir, classify, eopts)
-        row.extra.update(bundle="tf-serving", repository=str(repo.resolve()), model_name=name, version=version,
-                         batching=batching.to_json(), version_policy=options.version_policy, published=False)
-        result.targets.append(row)
+        target = get_target("tf-serving")
+        result.targets += run_target(target, ctx, tmp, replace(eopts, target_options={target.name: topts}), say)
+        row = result.targets[0]
+        row.extra.update(repository=str(repo.resolve()), published=False)
         result.seconds["total"] = round(time.perf_counter() - t0, 3)
-        if not result.ok:
+        if not result.ok or row.status != "ok":
             say(f"checks failed: nothing published, {repo} left unchanged")
             return result
-        served = _write_bundle_files(tmp, repo, name, version, ctx, classify, old_config, policy, batching, options)
-        row.extra.update(published=True, served_versions=served)
+        bundle = tmp / target.name
+        vdir = bundle / name / str(version)
+        row.extra.update(published=True)
+        row.artifact = "../.."  # the report lives in NAME/<version>/assets.extra/kexport/
         _write_report(result, vdir.joinpath(*REPORT_DIR), ctx)
-        _publish(tmp, repo, name, version, options.force)
+        _publish(bundle, repo, name, version, options.force)
         published = True
         result.out_dir = str(repo / name / str(version) / Path(*REPORT_DIR))
         say(f"published {repo / name / str(version)}")
@@ -178,6 +172,43 @@ def export_repository(model, repo, options: TFServingOptions | None = None, expo
             shutil.rmtree(ctx.workdir, ignore_errors=True)
         if created_repo and not published:  # the repository did not exist before this run
             shutil.rmtree(repo, ignore_errors=True)
+
+
+def write_bundle(ctx, dest: Path, options: "TFServingOptions"):
+    """The target's artifact: a repository holding this model's version (dest/NAME/<version>/),
+    models.config (merged with `options.repository`'s when publishing), the batching file, the
+    example REST bodies, README and compose file. Returns (version_dir, extra report fields)."""
+    from .proto import check_model_name, parse_version_policy, read_config
+
+    repo = Path(options.repository) if options.repository else dest
+    name = check_model_name(options.name or ctx.name)
+    version = options.version or 1
+    policy = parse_version_policy(options.version_policy) if options.version_policy else None
+    batching = options.batching.validated() if options.batching else _current_batching(repo)
+    classify = _classify_spec(ctx, options, _extra_signature_name(options))
+    vdir = dest / name / str(version)
+    extra = _build_version(ctx, vdir, name, classify, batching.max_batch_size)
+    served = _write_bundle_files(dest, repo, name, version, ctx, classify, read_config(repo / CONFIG_NAME),
+                                 policy, batching, options)
+    extra.update(model_name=name, version=version, batching=batching.to_json(),
+                 version_policy=options.version_policy, served_versions=served)
+    return vdir, extra
+
+
+def version_checks(ctx, vdir: Path, options, tol) -> list:
+    """The parity rows TF-Serving adds to the runtimes': signature defs as `saved_model_cli show`
+    prints them, the warmup records replayed, and the top-k signature."""
+    import tensorflow as tf
+
+    from .checks import classify_row, signature_defs_row, warmup_row
+
+    classify = _classify_spec(ctx, options, _extra_signature_name(options))
+    rows = [signature_defs_row(vdir, ctx.signature, classify, tol)]
+    loaded = tf.saved_model.load(str(vdir))
+    rows.append(warmup_row(loaded, vdir, ctx.inputs, ctx.outputs, tol, classify))
+    if classify:
+        rows.append(classify_row(loaded, ctx.inputs, ctx.outputs, tol, classify))
+    return rows
 
 
 def _extra_signature_name(options) -> str | None:
@@ -245,11 +276,9 @@ def _classify_spec(ctx, options, extra_sig) -> dict | None:
     return {"signature": extra_sig, "labels": labels, "top_k": k, "output": out}
 
 
-def _build_version(ctx, vdir: Path, name: str, classify, max_rows: int):
-    from ...report import TargetResult
+def _build_version(ctx, vdir: Path, name: str, classify, max_rows: int) -> dict:
     from .proto import predict_log, warmup_batches, write_warmup
 
-    t0 = time.perf_counter()
     if classify:
         _write_two_signature_model(ctx, vdir, classify)
     else:
@@ -262,11 +291,8 @@ def _build_version(ctx, vdir: Path, name: str, classify, max_rows: int):
         logs.append(predict_log(name, classify["signature"], {k: v[first] for k, v in ctx.inputs.items()}))
     n = write_warmup(vdir / "assets.extra" / WARMUP_NAME, logs)
     signatures = ["serving_default"] + ([classify["signature"]] if classify else [])
-    size = sum(f.stat().st_size for f in vdir.rglob("*") if f.is_file())
-    return TargetResult("saved-model", "fp32", artifact="../..", size_bytes=size,
-                        seconds=round(time.perf_counter() - t0, 3),
-                        extra={"signatures": signatures, "warmup_records": n,
-                               **({"classify": {k: v for k, v in classify.items() if k != "labels"}} if classify else {})})
+    return {"signatures": signatures, "warmup_records": n,
+            **({"classify": {k: v for k, v in classify.items() if k != "labels"}} if classify else {})}
 
 
 def _write_two_signature_model(ctx, path: Path, classify: dict) -> None:
@@ -290,24 +316,6 @@ def _write_two_signature_model(ctx, path: Path, classify: dict) -> None:
     archive.add_endpoint(classify["signature"], tf.function(top_k, input_signature=tensor_specs(ctx.signature),
                                                            autograph=False))
     archive.write_out(str(path), verbose=False)
-
-
-def _check_version(ctx, vdir: Path, classify, eopts) -> list:
-    import tensorflow as tf
-
-    from ...parity import check_artifact
-    from .. import Artifact, FP32
-    from .checks import classify_row, signature_defs_row, warmup_row
-
-    tol = replace(FP32, atol=FP32.atol if eopts.atol is None else eopts.atol,
-                  rtol=FP32.rtol if eopts.rtol is None else eopts.rtol)
-    rows = check_artifact(Artifact(vdir), RUNTIMES, ctx.inputs, ctx.outputs, tol)
-    rows.append(signature_defs_row(vdir, ctx.signature, classify, tol))
-    loaded = tf.saved_model.load(str(vdir))
-    rows.append(warmup_row(loaded, vdir, ctx.inputs, ctx.outputs, tol, classify))
-    if classify:
-        rows.append(classify_row(loaded, ctx.inputs, ctx.outputs, tol, classify))
-    return rows
 
 
 # ----------------------------------------------------------------------------- bundle files
@@ -359,7 +367,7 @@ def _publish(tmp: Path, repo: Path, name: str, version: int, force: bool) -> Non
         old = model_dir / f".{version}.old-{uuid.uuid4().hex[:8]}"  # TF-Serving skips non-numeric names
         final.rename(old)
     try:
-        (tmp / str(version)).rename(final)
+        (tmp / name / str(version)).rename(final)
     except OSError:
         if old is not None:
             old.rename(final)

@@ -63,6 +63,7 @@ class TfjsTarget(Target):
     runtimes = ("tfjs-node-cpu", "tfjs-node-wasm", "tfjs-chromium")
     extra = "tfjs"
     requires = ("tensorflowjs", "tensorflow")
+    packages = ("tensorflowjs",)
     tolerance = FP32
     Options = TfjsOptions
     QUANTIZE = QUANTIZE_CHOICES
@@ -71,8 +72,6 @@ class TfjsTarget(Target):
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--format", choices=FORMATS, default="graph",
                             help="graph model (default, from the SavedModel) or layers model (tf.loadLayersModel)")
-        parser.add_argument("--quantize", metavar="VARIANTS",
-                            help="extra weight-quantized variants: float16, uint8, uint16 (comma list) or all")
         parser.add_argument("--shard-size", default=str(DEFAULT_SHARD),
                             help="max bytes per weight shard file, e.g. 4MB (default 4 MiB)")
         parser.add_argument("--demo", action="store_true",
@@ -80,12 +79,8 @@ class TfjsTarget(Target):
 
     @classmethod
     def options_from_args(cls, args):
-        fmt = getattr(args, "format", None)
-        # `kexport all` shares flags with other targets (coreml's --format): keep ours only
-        fmt = fmt if fmt in FORMATS else "graph"
-        return TfjsOptions(format=fmt, quantize=getattr(args, "quantize", None),
-                           shard_size=parse_size(getattr(args, "shard_size", None) or DEFAULT_SHARD),
-                           demo=bool(getattr(args, "demo", False)))
+        return TfjsOptions(format=args.format, quantize=args.quantize, shard_size=parse_size(args.shard_size),
+                           demo=args.demo)
 
     def variants(self, options) -> list[str]:
         from ...quantize import selected
@@ -96,6 +91,12 @@ class TfjsTarget(Target):
         return {"fp32": FP32, "float16": HALF, "uint16": HALF, "uint8": UINT8}[variant]
 
     def preflight(self, ctx, options) -> list[str]:
+        strings = [f"input '{t.name}' is a string tensor: tensorflowjs 4.22 leaves the lookup table of a "
+                   "StringLookup as an extra model input, so no TF.js backend can run it (map strings to "
+                   "integer ids in JavaScript and export the model after its StringLookup)"
+                   for t in ctx.signature.inputs if t.dtype == "string"]
+        if strings:
+            return strings
         if options.format == "layers":
             from .layers import layers_problems
 
@@ -190,3 +191,10 @@ def _check_names(model_json: dict, signature, target: str) -> None:
         raise ConversionError(
             f"target '{target}': model.json signature has inputs {sorted(ins)} / outputs {sorted(outs)}, "
             f"expected the Keras names {signature.input_names} / {signature.output_names}")
+
+
+def serve_demo(out, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """`kexport serve-demo`: serve the demo page of an export (see demo.py)."""
+    from .demo import serve
+
+    serve(out, host, port)

@@ -1,0 +1,167 @@
+"""`spark-local`: the generated Spark scoring package (target `spark`) run by a real Spark,
+pyspark's `local[2]`, on the reference inputs written to Parquet.
+
+One SparkSession per process, started at the first `load` and stopped at exit: Spark's JVM and
+Python-worker start-up (10-20 s here) is paid once per test session or `kexport all` run, not
+once per artifact. `predict` writes the inputs to Parquet (flat arrays, plus a `row_id` column
+the job must carry through), runs the package's own `score.py` main() on that session — the same
+code `spark-submit score.py` runs — reads the output Parquet back and returns the outputs by name.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib.util
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from .base import Runtime, module_missing, register_runtime
+
+MASTER = "local[2]"
+ROW_ID = "row_id"
+_LOCK = threading.Lock()
+_SPARK = {}  # "session" -> the shared SparkSession
+
+
+def java_problem() -> str | None:
+    """None when a Java 17+ runtime answers, else why not."""
+    java = Path(os.environ["JAVA_HOME"]) / "bin" / "java" if os.environ.get("JAVA_HOME") else shutil.which("java")
+    if not java or not Path(java).exists():
+        return "no Java runtime (java not on PATH, JAVA_HOME unset); Spark 4 needs Java 17+ (apt-get install openjdk-17-jre-headless)"
+    try:
+        out = subprocess.run([str(java), "-version"], capture_output=True, text=True, timeout=30).stderr
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"{java} -version failed: {e}"
+    first = out.strip().splitlines()[0] if out.strip() else ""
+    try:
+        major = int(first.split('"')[1].split(".")[0])
+    except (IndexError, ValueError):
+        return None  # unknown format: let Spark decide
+    return None if major >= 17 else f"{first}: Spark 4 needs Java 17+"
+
+
+@register_runtime
+class SparkLocalRuntime(Runtime):
+    name = "spark-local"
+    install_hint = "pip install 'kexport[spark]' (pyspark, pyarrow) and a Java 17+ runtime"
+
+    def available(self):
+        for module in ("pyspark", "pyarrow"):
+            reason = module_missing(module, "'kexport[spark]'")
+            if reason:
+                return reason
+        if "java" not in _SPARK:
+            _SPARK["java"] = java_problem()
+        return _SPARK["java"]
+
+    def load(self, path, **options):
+        return SparkLocalSession(Path(path))
+
+
+def shared_session():
+    """The process-wide local[2] SparkSession (created on first use, stopped at exit)."""
+    with _LOCK:
+        if "session" not in _SPARK:
+            from pyspark.sql import SparkSession
+
+            # the Python workers must be this interpreter: it has the runtimes, pyarrow and numpy
+            os.environ["PYSPARK_PYTHON"] = sys.executable
+            local_dir = Path(tempfile.mkdtemp(prefix="kexport-spark-local-"))
+            spark = (SparkSession.builder.master(MASTER).appName("kexport-spark-local")
+                     .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
+                     .config("spark.sql.shuffle.partitions", "2")
+                     .config("spark.local.dir", str(local_dir))
+                     .getOrCreate())
+            spark.sparkContext.setLogLevel("ERROR")
+            _SPARK["session"] = spark
+            atexit.register(_stop, local_dir)
+        return _SPARK["session"]
+
+
+def _stop(local_dir: Path) -> None:
+    spark = _SPARK.pop("session", None)
+    if spark is not None:
+        with contextlib.suppress(Exception):
+            spark.stop()
+    shutil.rmtree(local_dir, ignore_errors=True)
+
+
+def write_parquet(path: Path, inputs: dict, specs: list[dict]) -> int:
+    """The reference inputs as a Parquet table: `row_id` plus one column per input (a scalar for
+    one-value inputs, else a flat array of the row's values)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = len(np.asarray(inputs[specs[0]["name"]]))
+    cols, names = [pa.array(np.arange(n, dtype=np.int64))], [ROW_ID]
+    for spec in specs:
+        x = np.asarray(inputs[spec["name"]]).astype(spec["dtype"], copy=False)
+        if not spec["dims"]:
+            cols.append(pa.array(x))
+        else:
+            flat = x.reshape(n, -1)
+            offsets = pa.array(np.arange(n + 1, dtype=np.int32) * flat.shape[1])
+            cols.append(pa.ListArray.from_arrays(offsets, pa.array(flat.reshape(-1))))
+        names.append(spec["name"])
+    pq.write_table(pa.table(cols, names=names), path)
+    return n
+
+
+def read_outputs(path: Path, specs: list[dict], n: int) -> dict:
+    """The scored Parquet folder back as arrays keyed by output name, in row_id order."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    if table.num_rows != n:
+        raise RuntimeError(f"spark-local: the job wrote {table.num_rows} rows for {n} input rows")
+    order = np.argsort(table.column(ROW_ID).to_numpy())
+    if not np.array_equal(table.column(ROW_ID).to_numpy()[order], np.arange(n)):
+        raise RuntimeError("spark-local: the row_id column did not come through the job unchanged")
+    out = {}
+    for spec in specs:
+        col = table.column(spec["column"]).combine_chunks()
+        if col.null_count:
+            raise RuntimeError(f"spark-local: output {spec['name']!r} has {col.null_count} null rows")
+        for _ in spec["dims"]:
+            col = col.flatten()
+        values = col.to_numpy(zero_copy_only=False).reshape((n,) + tuple(spec["dims"]))
+        out[spec["name"]] = values[order].astype(spec["dtype"], copy=False)
+    return out
+
+
+class SparkLocalSession:
+    def __init__(self, package_dir: Path):
+        self.dir = Path(package_dir)
+        self.schema = json.loads((self.dir / "schema.json").read_text(encoding="utf-8"))
+        spec = importlib.util.spec_from_file_location(f"kexport_spark_score_{id(self)}", self.dir / "score.py")
+        self.job = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(self.job)
+        self.spark = shared_session()
+
+    def predict(self, inputs):
+        work = Path(tempfile.mkdtemp(prefix="kexport-spark-local-run-"))
+        try:
+            n = write_parquet(work / "in.parquet", inputs, self.schema["inputs"])
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                code = self.job.main(["--input", str(work / "in.parquet"), "--output", str(work / "out.parquet"),
+                                      "--master", MASTER], spark=self.spark)
+            if code != 0:
+                lines = err.getvalue().strip().splitlines()
+                raise RuntimeError(f"score.py exited with {code}: {lines[-1] if lines else 'no message'}")
+            return read_outputs(work / "out.parquet", self.schema["outputs"], n)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def close(self):
+        pass  # the SparkSession is shared; it stops at exit
