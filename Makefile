@@ -42,8 +42,21 @@ chromium:
 arm64-root: venv
 	@bash runtimes/arm64/build_root.sh || echo "could not build the arm64 root: litert-arm64 rows will be skipped"
 
+# JVM runner for dl4j / onnxruntime-java (runtimes/jvm: DL4J, ND4J linux-x86_64, ONNX Runtime from Maven
+# Central, ~300 MB into ~/.m2 once; skipped in 0.02 s when up to date)
+.PHONY: jvm-runner
+jvm-runner:
+	@bash runtimes/jvm/build.sh
+
+# nginx (Debian) as the load balancer of tests/test_rolling_restart.py and benchmarks/bench_rolling.py
+.PHONY: nginx
+nginx:
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { [ "$$(id -u)" = 0 ] || { echo "nginx missing: run 'sudo apt-get install nginx-light' for the rolling-restart test"; exit 0; }; \
+	  ($(APT) update -qq && { $(APT) install -y -qq nginx-light || $(APT) install -y -qq nginx; }) >/dev/null \
+	  || echo "could not install nginx: the rolling-restart test will be skipped"; }
+
 # Everything the runtimes need besides Python packages (each runtime adds its prerequisite here).
-runtime-deps: node-deps chromium arm64-root
+runtime-deps: node-deps chromium arm64-root jvm-runner nginx
 
 test-deps: venv runtime-deps
 

@@ -42,6 +42,19 @@ def resolve_targets(targets: Iterable[str] | str) -> list:
     return [get_target(n) for n in dict.fromkeys(names)]
 
 
+def check_writable(out_dir: Path) -> None:
+    """Fail early when -o cannot be created or written, without creating it (a missing or refused
+    model must not leave an empty output directory behind)."""
+    import os
+
+    probe = Path(out_dir).resolve()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"{out_dir}: output directory is not writable ({probe} is not a writable directory); "
+                         "pass -o with a writable path")
+
+
 def ensure_writable(out_dir: Path) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -132,22 +145,23 @@ def export(model, targets=("all",), out_dir="kexport-out", *, options: ExportOpt
         check_vocabulary(options.quantize, chosen)
         check_thresholds(options.min_agreement, options.max_accuracy_drop)
     out = Path(out_dir)
-    ensure_writable(out)
+    check_writable(out)
     ctx = build_context(model, options, say)
     ctx.export_options = options  # calibration / eval data for quantized variants (exporter/quantize.py)
     try:
+        previous = previous_rows(out, ctx.model_sha256)
+        ensure_writable(out)
         result = ExportResult(
             kexport_version=__version__,
             model={"path": str(model), "sha256": ctx.model_sha256, **ctx.signature.to_json()},
             versions=versions(), out_dir=str(out), seconds=dict(ctx.timings),
             allow_unverified=options.allow_unverified,
         )
-        _write_reference(out, ctx)
         for i, target in enumerate(chosen, 1):
             say(f"[{i}/{len(chosen)}] {target.name}")
             result.targets.extend(run_target(target, ctx, out, options, say))
         result.seconds["total"] = round(time.perf_counter() - run_t0, 3)
-        result.write(out)
+        _write_report_and_reference(out, ctx, result, previous)
     finally:
         shutil.rmtree(ctx.workdir, ignore_errors=True)
     if raise_on_failure and not result.ok:
@@ -155,15 +169,62 @@ def export(model, targets=("all",), out_dir="kexport-out", *, options: ExportOpt
     return result
 
 
-def _write_reference(out: Path, ctx) -> None:
+def previous_rows(out: Path, model_sha256: str) -> list[dict]:
+    """The rows of an earlier export in `out` (kept for the targets this run does not replace).
+    An export of another model is never mixed with this one's: refused, nothing touched."""
+    path = out / REPORT_NAME
+    if not path.exists():
+        return []
+    try:
+        report = load_report(path)
+        old_sha, rows = report["model"]["sha256"], list(report["targets"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{path}: unreadable report of an earlier export ({e}); remove {out} or pass another -o") from e
+    if old_sha != model_sha256:
+        raise UsageError(f"{out}: holds the export of another model ({report['model'].get('path')}, sha256 "
+                         f"{old_sha[:12]}...); pass a new -o directory (or remove this one) to export this model")
+    return rows
+
+
+def _write_report_and_reference(out: Path, ctx, result, previous: list[dict]) -> None:
+    """reference/ and report.json together: the reference data of this run (same model as any
+    earlier rows, see previous_rows), and the rows of every target on disk: this run's where it
+    wrote an artifact, the earlier ones where it did not (a failed attempt is noted on them)."""
+    from .digest import tree_sha256
     from .parity import save_conditioning
 
-    ref = out / REFERENCE_DIR
     tmp = Path(tempfile.mkdtemp(prefix=".kexport-ref-", dir=out))
     np.savez(tmp / "inputs.npz", **ctx.inputs)
     np.savez(tmp / "outputs.npz", **ctx.outputs)
     save_conditioning(tmp, ctx.outputs)
-    _swap_into_place(tmp, ref)
+    data = result.to_json()
+    data["reference"] = {f.name: tree_sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+    data["targets"] = merge_rows(previous, result.targets)
+    _swap_into_place(tmp, out / REFERENCE_DIR)
+    write_json_atomic(out / REPORT_NAME, data)
+
+
+def merge_rows(previous: list[dict], rows: list) -> list[dict]:
+    replaced = {r.target for r in rows if r.artifact}
+    attempted = {r.target: r for r in rows if not r.artifact}
+    merged = []
+    for old in previous:
+        if old["target"] in replaced:
+            continue
+        if old["target"] in attempted and old.get("artifact"):
+            new = attempted[old["target"]]
+            old = dict(old, last_attempt={"status": new.status, "error": new.error})
+        elif old["target"] in attempted:
+            continue
+        merged.append(old)
+    kept = {r["target"] for r in merged}
+    return merged + [r.to_json() for r in rows if r.target not in kept]
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    from .report import write_json
+
+    write_json(path, data)
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
@@ -246,7 +307,9 @@ def _run_variant(target, ctx, tmp: Path, rel: Path, topts, options: ExportOption
         say(f"    {variant}: {row.status}: {row.error}")
         return row, None
     row.seconds = round(time.perf_counter() - v0, 3)
-    row.notes, row.size_bytes = art.notes, _size(art.path)
+    from .digest import tree_sha256
+
+    row.notes, row.size_bytes, row.sha256 = art.notes, _size(art.path), tree_sha256(art.path)
     row.artifact = str(rel / art.path.relative_to(tmp))
     row.extra = dict(art.extra)
     if art.runtime_options:
@@ -288,10 +351,15 @@ class _VerifyContext:
         self.signature = ModelSignature.from_json(model)
 
 
-def verify(out_dir, *, progress: Progress | None = None, allow_unverified: bool = False) -> ExportResult:
-    """Re-check every artifact in an export directory against its stored reference data."""
-    from .parity import check_artifact, load_conditioning
-    from .targets import Artifact, get_target
+def verify(out_dir, *, progress: Progress | None = None, allow_unverified: bool = False,
+           atol: float | None = None, rtol: float | None = None) -> ExportResult:
+    """Re-check every artifact of an export directory against its stored reference data.
+
+    Nothing in report.json is trusted but the list of artifacts: each artifact's and the
+    reference data's sha256 must match what the export recorded, paths must stay inside the
+    directory, every runtime of the target runs again (whatever status a row claims), with the
+    target's documented tolerance (or atol/rtol), and sizes are read from the disk."""
+    from .parity import load_conditioning
 
     out = Path(out_dir)
     rpath = out / REPORT_NAME
@@ -299,35 +367,81 @@ def verify(out_dir, *, progress: Progress | None = None, allow_unverified: bool 
         raise UsageError(f"{out}: no {REPORT_NAME}; pass a directory written by 'kexport all' or 'kexport TARGET'")
     try:
         report = load_report(rpath)
-        with np.load(out / REFERENCE_DIR / "inputs.npz") as z:
+        _check_reference(out, report)
+        with np.load(out / REFERENCE_DIR / "inputs.npz", allow_pickle=False) as z:
             inputs = {k: z[k] for k in z.files}
-        with np.load(out / REFERENCE_DIR / "outputs.npz") as z:
+        with np.load(out / REFERENCE_DIR / "outputs.npz", allow_pickle=False) as z:
             outputs = {k: z[k] for k in z.files}
         outputs = load_conditioning(out / REFERENCE_DIR, outputs)
-    except (OSError, ValueError, KeyError) as e:
+        rows = list(report["targets"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise UsageError(f"{out}: report or reference data unreadable ({e}); re-run the export") from e
     say = progress or (lambda s: None)
-    result = ExportResult(report["kexport_version"], report["model"], versions=versions(), out_dir=str(out),
+    result = ExportResult(report.get("kexport_version", "?"), report["model"], versions=versions(), out_dir=str(out),
                           allow_unverified=allow_unverified)
-    for row in report["targets"]:
-        tr = TargetResult(row["target"], row.get("variant", "fp32"), row["status"], row.get("artifact"),
-                          row.get("size_bytes"), row.get("seconds"), row.get("error"), row.get("notes", []))
-        if row["status"] in ("ok", "unverified") and row.get("artifact"):
-            tr.status = "ok"
-            target = get_target(row["target"])
-            path = out / row["artifact"]
-            if not path.exists():
-                tr.status, tr.error = "failed", f"{path}: artifact missing"
-            else:
-                p0 = (row.get("parity") or [{}])[0]
-                tol = target.tolerance_for(tr.variant, target.Options())
-                if p0.get("atol") is not None:
-                    tol = dataclasses.replace(tol, atol=p0["atol"], rtol=p0["rtol"])
-                art = Artifact(path, tr.variant, runtime_options=row.get("runtime_options", {}),
-                               skip=row.get("runtime_skip", {}))
-                say(f"verifying {row['target']}/{tr.variant}")
-                tr.parity = check_artifact(art, target.runtimes, inputs, outputs, tol)
-                tr.parity += target.checks(_VerifyContext(inputs, outputs, report["model"]), art, target.Options(), tol)
-                mark_unverified(tr)
-        result.targets.append(tr)
+    options = ExportOptions(atol=atol, rtol=rtol)
+    for row in rows:
+        result.targets.append(_verify_row(out, row, inputs, outputs, report["model"], options, say))
     return result
+
+
+def _check_reference(out: Path, report: dict) -> None:
+    from .digest import tree_sha256
+
+    recorded = report.get("reference")
+    if not recorded:
+        raise UsageError(f"{out / REPORT_NAME}: no sha256 of the reference data (written by an older kexport?); re-run the export")
+    for name, sha in recorded.items():
+        path = out / REFERENCE_DIR / Path(name).name
+        if tree_sha256(path) != sha:
+            raise ParityError(f"{path}: reference data changed since the export (sha256 differs from report.json); "
+                              "re-run the export")
+
+
+def _artifact_path(out: Path, rel: str) -> Path | None:
+    """The artifact inside the export directory, or None. The one exception: a report published
+    inside the TF-Serving version it describes (NAME/<v>/assets.extra/kexport/) points at '../..'."""
+    from .targets.tf_serving import REPORT_DIR
+
+    root = out.resolve()
+    path = (root / rel).resolve()
+    if path == root or root in path.parents:
+        return path
+    if rel == "../.." and root.parts[-2:] == REPORT_DIR:
+        return root.parent.parent
+    return None
+
+
+def _verify_row(out: Path, row: dict, inputs, outputs, model: dict, options: ExportOptions, say) -> TargetResult:
+    from .digest import tree_sha256
+    from .parity import check_artifact
+    from .targets import Artifact, get_target
+
+    tr = TargetResult(row["target"], row.get("variant", "fp32"), row.get("status", "failed"), row.get("artifact"),
+                      notes=list(row.get("notes", [])), error=row.get("error"))
+    if not row.get("artifact"):
+        return tr  # unsupported / failed at export: nothing on disk to check
+    target = get_target(row["target"])
+    path = _artifact_path(out, row["artifact"])
+    if path is None:
+        tr.status, tr.error = "failed", f"{row['artifact']}: artifact path leaves the export directory {out}; refused"
+        return tr
+    if not path.exists():
+        tr.status, tr.error = "failed", f"{path}: artifact missing"
+        return tr
+    from .targets.tf_serving import REPORT_DIR
+
+    exclude = Path(*REPORT_DIR) if row["artifact"] == "../.." else None
+    sha = tree_sha256(path, exclude=exclude)
+    if sha != row.get("sha256"):
+        tr.status, tr.error = "failed", (f"{path}: artifact changed since the export (sha256 {sha[:12]}..., report.json "
+                                          f"says {str(row.get('sha256'))[:12]}...); re-run the export")
+        return tr
+    tr.status, tr.size_bytes, tr.sha256 = "ok", _size(path), sha
+    tol = _tolerance(target, tr.variant, target.Options(), options)
+    art = Artifact(path, tr.variant, runtime_options=row.get("runtime_options", {}), skip=row.get("runtime_skip", {}))
+    say(f"verifying {row['target']}/{tr.variant}")
+    tr.parity = check_artifact(art, target.runtimes, inputs, outputs, tol)
+    tr.parity += target.checks(_VerifyContext(inputs, outputs, model), art, target.Options(), tol)
+    mark_unverified(tr)
+    return tr

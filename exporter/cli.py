@@ -146,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="directory written by kexport")
     p.add_argument("--json", action="store_true")
     p.add_argument("--allow-unverified", action="store_true", help="exit 0 when a target could not be checked here")
+    p.add_argument("--atol", type=float, help="absolute tolerance instead of each target's documented one")
+    p.add_argument("--rtol", type=float, help="scale-relative tolerance instead of each target's documented one")
     _common(p, model=False)
     p = sub.add_parser("inspect", help="signature, layers and which targets can take the model")
     p.add_argument("model")
@@ -235,7 +237,8 @@ def cmd_export(args) -> int:
 def cmd_verify(args) -> int:
     from . import api
 
-    result = api.verify(args.out, progress=_progress(time.perf_counter()), allow_unverified=args.allow_unverified)
+    result = api.verify(args.out, progress=_progress(time.perf_counter()), allow_unverified=args.allow_unverified,
+                        atol=args.atol, rtol=args.rtol)
     _print_result(result, args.json)
     return result.exit_code
 

@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 from .errors import ModelLoadError, first_line
+from .safety import check_model_file, check_saved_model
 from .signature import ModelSignature, TensorSpec
 
 FORMATS = (".keras", ".h5", ".hdf5", "SavedModel directory")
@@ -110,9 +111,11 @@ def load_model(path, *, safe_mode: bool = True, custom_objects: str | dict | Non
     if path.is_dir():
         if not (path / "saved_model.pb").exists():
             raise ModelLoadError(f"{path}: directory has no saved_model.pb; pass a .keras, .h5 or SavedModel directory")
+        check_saved_model(path, safe_mode=safe_mode)  # exporter/safety.py: ops with side effects, before any runs
         return _load_saved_model(path)
     if path.suffix not in (".keras", ".h5", ".hdf5"):
         raise ModelLoadError(f"{path}: unknown model format '{path.suffix}'; supported: {', '.join(FORMATS)}")
+    check_model_file(path, safe_mode=safe_mode)  # exporter/safety.py: zip/HDF5 bombs, before anything is read
     cfg = _stored_config(path)
     lambdas = lambda_layers(cfg)
     if safe_mode and lambdas:

@@ -19,6 +19,7 @@ class TargetResult:
     status: str = "ok"  # ok | unverified (no runtime checked it) | failed | unsupported
     artifact: str | None = None  # relative to the report
     size_bytes: int | None = None
+    sha256: str | None = None  # of the artifact (file, or directory tree): `verify` checks it
     seconds: float | None = None
     error: str | None = None
     notes: list = field(default_factory=list)
@@ -79,10 +80,15 @@ class ExportResult:
 
     def write(self, out_dir: Path) -> Path:
         path = Path(out_dir) / REPORT_NAME
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2, default=_jsonable) + "\n")
-        tmp.replace(path)
+        write_json(path, self.to_json())
         return path
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Written beside, then renamed over: a reader sees the old report or the new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
+    tmp.replace(path)
 
 
 def _jsonable(o):

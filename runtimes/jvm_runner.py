@@ -32,7 +32,7 @@ JAR = RUNNER_DIR / "target" / "kexport-jvm-runner.jar"
 CLASSPATH = RUNNER_DIR / "target" / "classpath.txt"
 START_TIMEOUT = 60.0
 CALL_TIMEOUT = 300.0
-INSTALL_HINT = ("install Java 17+ and Maven (apt-get install openjdk-17-jre-headless maven), then "
+INSTALL_HINT = ("install Java 17+ and Maven (apt-get install openjdk-17-jdk-headless maven), then "
                 "`make jvm-runner` (mvn package in runtimes/jvm: DL4J, ND4J for linux-x86_64 and "
                 "ONNX Runtime from Maven Central)")
 # Logs go to stderr; DL4J's INFO lines about every imported layer are noise here.
@@ -43,9 +43,10 @@ def jvm_missing() -> str | None:
     """Why the JVM runner cannot start here, or None."""
     if shutil.which("java") is None:
         return "java is not on PATH; " + INSTALL_HINT
-    if not JAR.exists() or not CLASSPATH.exists():
+    absent = [p for p in (JAR, CLASSPATH) if not p.exists()]
+    if absent:
         how = "run `make jvm-runner`" if shutil.which("mvn") else "mvn is not on PATH; " + INSTALL_HINT
-        return f"the JVM runner is not built ({JAR.relative_to(RUNNER_DIR.parent.parent)} missing); {how}"
+        return f"the JVM runner is not built ({absent[0].relative_to(RUNNER_DIR.parent.parent)} missing); {how}"
     jars = [p for p in CLASSPATH.read_text().strip().split(":") if p]
     gone = [p for p in jars if not Path(p).exists()]
     if gone:
@@ -214,6 +215,17 @@ class _Jvm(Runtime):
         except (JvmError, OSError) as e:
             return str(e)
         return None
+
+    @property
+    def device(self) -> str | None:
+        """What `kexport doctor` prints under an available runtime: the JVM and library versions."""
+        if not _PROC or not _PROC[0].alive():
+            return None
+        hello = _PROC[0].hello
+        lib = (f"DL4J {hello.get('dl4j_version')} (nd4j-native linux-x86_64)" if self.kind == "dl4j"
+               else f"ONNX Runtime {hello.get('onnxruntime_version')}")
+        mvn = "mvn on PATH" if shutil.which("mvn") else "mvn not on PATH (needed only to rebuild: apt-get install maven)"
+        return f"Java {hello.get('java')}, {lib}; {mvn}"
 
 
 @register_runtime

@@ -129,9 +129,12 @@ class TritonConfigSession:
                 dtype, _, dims = self.inputs[name]
                 if triton_dtype(mc.DataType.Name(inp.data_type)) != dtype:
                     raise ValueError(f"warmup {w.name!r} input {name}: data type differs from the config's")
-                if len(inp.dims) != len(dims) or any(d != c and c != -1 for d, c in zip(inp.dims, dims)) or min(inp.dims, default=1) < 1:
+                fits = len(inp.dims) == len(dims) and all(d == c or c == -1 for d, c in zip(inp.dims, dims))
+                if not fits or min(inp.dims, default=1) < 1:
                     raise ValueError(f"warmup {w.name!r} input {name}: dims {list(inp.dims)} do not fit {dims}")
                 f = self.dir / "warmup" / inp.input_data_file
+                if (self.dir / "warmup").resolve() not in f.resolve().parents:  # Triton reads only warmup/
+                    raise ValueError(f"warmup {w.name!r} input {name}: {inp.input_data_file!r} is outside warmup/")
                 if not f.is_file():
                     raise ValueError(f"warmup {w.name!r} input {name}: {f} missing")
                 raw = f.read_bytes()

@@ -29,7 +29,8 @@ ROOT=${KEXPORT_ARM64_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/kexport/arm64-root}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 CONSTRAINTS=${KEXPORT_CONSTRAINTS:-$REPO/constraints.txt}
-PACKAGES=(ai-edge-litert numpy onnxruntime flask gunicorn)
+# LiteRT for litert-arm64; the generated Flask server's stack (templates/flask_app requirements).
+PACKAGES=(ai-edge-litert numpy onnxruntime flask werkzeug gunicorn gevent)
 STAMP_NAME=.kexport-arm64-root
 T0=$(date +%s)
 
@@ -41,15 +42,32 @@ if [ -z "${PYTHON:-}" ]; then
   if [ -x "$REPO/.venv/bin/python" ]; then PYTHON=$REPO/.venv/bin/python; else PYTHON=python3; fi
 fi
 
-# The wanted state: script version + the pins for the wheels (from constraints.txt).
-pins=()
-for p in "${PACKAGES[@]}"; do
-  line=""
-  if [ -f "$CONSTRAINTS" ]; then
-    line=$(grep -i -E "^${p//-/[-_]}==" "$CONSTRAINTS" | head -1 | tr -d '[:space:]' || true)
-  fi
-  pins+=("${line:-$p}")
-done
+# The wanted state: script version + the versions of the wheels: the pin in constraints.txt,
+# else the version installed in the host venv (what kexport verified the generated server with).
+pins=($("$PYTHON" - "$CONSTRAINTS" "${PACKAGES[@]}" <<'PY'
+import re, sys
+from importlib import metadata
+
+norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+pinned = {}
+try:
+    for line in open(sys.argv[1]):
+        m = re.match(r"\s*([A-Za-z0-9_.\-]+)\s*==\s*([^\s;#]+)", line)
+        if m:
+            pinned[norm(m[1])] = m[2]
+except OSError:
+    pass
+for p in sys.argv[2:]:
+    v = pinned.get(norm(p))
+    if v is None:
+        try:
+            v = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            pass
+    print(f"{p}=={v}" if v else p)
+PY
+))
+[ ${#pins[@]} = ${#PACKAGES[@]} ] || die "could not read the versions with $PYTHON"
 WANT="kexport-arm64-root v$SCRIPT_VERSION $SUITE python3.11 ${pins[*]}"
 
 if [ -f "$ROOT/$STAMP_NAME" ] && [ "$(head -1 "$ROOT/$STAMP_NAME")" = "$WANT" ]; then
@@ -69,7 +87,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 DEBOOTSTRAP=$(command -v debootstrap || echo /usr/sbin/debootstrap)
 [ "$(id -u)" = 0 ] || die "debootstrap needs root (file ownership in the root); run as root or with sudo"
-"$PYTHON" -c 'import sys; sys.exit(0)' 2>/dev/null || die "no host Python at $PYTHON (set PYTHON=...)"
 
 mkdir -p "$(dirname "$ROOT")"
 TMP=$(mktemp -d "$ROOT.tmp.XXXXXX")
@@ -122,12 +139,12 @@ fi
 step "smoke test under qemu-aarch64-static"
 versions=$(env -i PATH=/usr/bin:/bin PYTHONNOUSERSITE=1 PYTHONDONTWRITEBYTECODE=1 \
   qemu-aarch64-static -cpu cortex-a72 -L "$TMP" "$TMP/usr/bin/python3.11" -c '
-import platform, numpy, onnxruntime, flask, gunicorn
+import platform, sys, numpy, onnxruntime, flask, gunicorn, gevent
 from importlib.metadata import version
 from ai_edge_litert.interpreter import Interpreter
 assert platform.machine() == "aarch64", platform.machine()
-print(" ".join(f"{p}=={version(p)}" for p in ("ai-edge-litert", "numpy", "onnxruntime", "flask", "gunicorn")))
-') || die "the arm64 root does not start under qemu-aarch64-static"
+print(" ".join(f"{p}=={version(p)}" for p in sys.argv[1:]))
+' "${PACKAGES[@]}" greenlet) || die "the arm64 root does not start under qemu-aarch64-static"
 {
   echo "$WANT"
   echo "debian=$SUITE arm64 python3.11=$PYVER"

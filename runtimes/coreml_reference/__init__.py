@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..base import Runtime, module_missing, register_runtime, run_in_batches
-from . import ops_constexpr, ops_elementwise, ops_nn, ops_tensor  # noqa: F401  (each registers its ops)
+from . import ops_constexpr, ops_elementwise, ops_nn, ops_resize, ops_tensor  # noqa: F401  (each registers its ops)
 from .program import NotMLProgram, Program, load_program  # noqa: F401
 from .registry import OPS  # noqa: F401
 

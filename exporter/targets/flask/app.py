@@ -75,6 +75,7 @@ class AppSettings:
     workers: int = 2
     worker_connections: int = 256  # per worker (gevent): slow clients wait in the backlog past it
     intra_op_threads: int = 1
+    run_bytes: int = 1 << 20  # input bytes per model call: a large request runs in slices (bounded memory)
     max_requests: int = 5000  # worker recycling (plus jitter): fragmented memory goes back to the OS
     max_requests_jitter: int = 500
 
@@ -241,7 +242,7 @@ def _template_values(spec: AppSpec) -> dict:
         "tolerance_text": f"max |served - keras| <= {spec.atol:g} + {spec.rtol:g} x max |keras|",
         "max_content_length": s.max_content_length, "batch_window_ms": float(s.batch_window_ms),
         "max_batch_rows": s.max_batch_rows, "workers": s.workers, "worker_connections": s.worker_connections,
-        "max_requests": s.max_requests, "max_requests_jitter": s.max_requests_jitter,
+        "max_requests": s.max_requests, "max_requests_jitter": s.max_requests_jitter, "run_bytes": s.run_bytes,
         "intra_op_threads": s.intra_op_threads, "requirements": requirement_pins(spec.runtime),
         "pytest_version": pytest_version, "python_version": f"{sys.version_info.major}.{sys.version_info.minor}",
         "example_rows": rows, "example_columns": cols,

@@ -69,7 +69,8 @@ def isvc_tensorflow(plan: Plan) -> dict:
 
 def isvc_triton(plan: Plan) -> dict:
     """(b) model.onnx on KServe's Triton runtime (Open Inference Protocol v2)."""
-    return {"apiVersion": ISVC, "kind": "InferenceService", "metadata": _meta(plan, f"{plan.name}-triton", {"kexport/triton-model": plan.triton_model}),
+    meta = _meta(plan, f"{plan.name}-triton", {"kexport/triton-model": plan.triton_model})  # /v2/models/NAME
+    return {"apiVersion": ISVC, "kind": "InferenceService", "metadata": meta,
             "spec": {"predictor": {"minReplicas": 1, "maxReplicas": plan.max_replicas, "model": {
                 "modelFormat": {"name": "onnx"}, "runtime": "kserve-tritonserver", "protocolVersion": "v2",
                 "storageUri": f"{plan.storage_uri}/{plan.triton_repo}", "resources": resources(plan, "1", "2")}}}}

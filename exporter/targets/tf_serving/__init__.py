@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..base import FP32, Artifact, Target, register_target
-from .publish import RUNTIMES, TFServingOptions, add_arguments, export_repository, options_from_args, run_command  # noqa: F401
+from .publish import REPORT_DIR, RUNTIMES, TFServingOptions, add_arguments, export_repository, options_from_args, run_command  # noqa: F401
 
 
 @register_target
@@ -35,8 +35,9 @@ class TFServingTarget(Target):
         return options_from_args(args)
 
     def preflight(self, ctx, options) -> list[str]:
-        from .publish import _classify_spec, _extra_signature_name
+        from .publish import _classify_spec, _extra_signature_name, check_options
 
+        check_options(options)
         _classify_spec(ctx, options, _extra_signature_name(options))  # bad labels fail before converting
         return []
 

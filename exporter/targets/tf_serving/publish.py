@@ -107,9 +107,10 @@ def run_command(model, repo, topts: TFServingOptions, eopts: ExportOptions, prog
     """`kexport tf-serving MODEL -o REPO`: the target, then publishing into REPO."""
     if not repo:
         raise UsageError("kexport tf-serving: pass the repository directory with -o REPO")
-    if eopts.quantize or eopts.calibration or eopts.eval:
-        raise UsageError("kexport tf-serving: --quantize/--calibration/--eval do not apply (TF-Serving serves the fp32 "
-                         "SavedModel); use 'kexport tflite/onnx --quantize' for quantized variants")
+    given = [f for f in ("quantize", "calibration", "eval") if getattr(eopts, f)]
+    if given:
+        raise UsageError(f"kexport tf-serving: --{given[0]} does not apply (TF-Serving serves the fp32 SavedModel); "
+                         "use 'kexport tflite/onnx --quantize' for quantized variants")
     return export_repository(model, repo, topts, eopts, progress=progress)
 
 
@@ -124,7 +125,7 @@ def export_repository(model, repo, options: TFServingOptions | None = None, expo
     from ...api import build_context, ensure_writable, run_target, versions
     from ...report import ExportResult
     from ..base import get_target
-    from .proto import check_model_name, parse_version_policy
+    from .proto import check_model_name
 
     options = options or TFServingOptions()
     eopts = export_options or ExportOptions()
@@ -132,9 +133,7 @@ def export_repository(model, repo, options: TFServingOptions | None = None, expo
     t0 = time.perf_counter()
     repo = Path(repo)
     name = check_model_name(options.name or Path(model).stem.replace(".", "_"))
-    if options.version_policy:
-        parse_version_policy(options.version_policy)
-    _extra_signature_name(options)
+    check_options(options)
     created_repo = not repo.exists()
     ensure_writable(repo)
     tmp = ctx = None
@@ -172,6 +171,19 @@ def export_repository(model, repo, options: TFServingOptions | None = None, expo
             shutil.rmtree(ctx.workdir, ignore_errors=True)
         if created_repo and not published:  # the repository did not exist before this run
             shutil.rmtree(repo, ignore_errors=True)
+
+
+def check_options(options: "TFServingOptions") -> None:
+    """Every flag checked before anything is loaded or converted (UsageError: exit 2)."""
+    from .proto import check_model_name, parse_version_policy
+
+    if options.name:
+        check_model_name(options.name)
+    if options.version_policy:
+        parse_version_policy(options.version_policy)
+    if options.batching:
+        options.batching.validated()
+    _extra_signature_name(options)
 
 
 def write_bundle(ctx, dest: Path, options: "TFServingOptions"):
@@ -348,10 +360,19 @@ def _write_bundle_files(tmp, repo, name, version, ctx, classify, old_config, pol
 
 
 def _write_report(result, report_dir: Path, ctx) -> None:
-    (report_dir / "reference").mkdir(parents=True, exist_ok=True)
-    np.savez(report_dir / "reference" / "inputs.npz", **ctx.inputs)
-    np.savez(report_dir / "reference" / "outputs.npz", **ctx.outputs)
-    result.write(report_dir)
+    """report.json + reference data inside the version, with their sha256 (what `verify` checks)."""
+    from ...digest import tree_sha256
+    from ...parity import save_conditioning
+    from ...report import write_json
+
+    ref = report_dir / "reference"
+    ref.mkdir(parents=True, exist_ok=True)
+    np.savez(ref / "inputs.npz", **ctx.inputs)
+    np.savez(ref / "outputs.npz", **ctx.outputs)
+    save_conditioning(ref, ctx.outputs)
+    data = result.to_json()
+    data["reference"] = {f.name: tree_sha256(f) for f in sorted(ref.iterdir()) if f.is_file()}
+    write_json(report_dir / "report.json", data)
 
 
 def _publish(tmp: Path, repo: Path, name: str, version: int, force: bool) -> None:

@@ -139,7 +139,7 @@ class TfjsTarget(Target):
         return art
 
     def _graph(self, ctx, out: Path, qmap, shard_size: int):
-        from .graph import quiet_tensorflowjs, repair_model_json
+        from .graph import keras_signature_names, quiet_tensorflowjs, repair_model_json
 
         quiet_tensorflowjs()
         from tensorflowjs.converters.tf_saved_model_conversion_v2 import convert_tf_saved_model
@@ -163,7 +163,13 @@ class TfjsTarget(Target):
         notes, problems = repair_model_json(model_json)
         if problems:
             raise UnsupportedError(self.name, problems, "no TF.js backend implements these fused kernels")
-        _check_names(json.loads(model_json.read_text()), ctx.signature, self.name)
+        data = json.loads(model_json.read_text())
+        _, in_map, out_map = ctx.frozen_graph(rewrite=True)
+        renamed = keras_signature_names(data, in_map, out_map)
+        if renamed:
+            model_json.write_text(json.dumps(data))
+            notes += renamed
+        _check_names(data, ctx.signature, self.name)
         return list(applied) + notes, {"format": "graph"}
 
     def _timing(self, art: Artifact, ctx) -> dict:

@@ -171,6 +171,27 @@ def repair_model_json(path: Path) -> tuple[list[str], list[str]]:
     return notes, problems
 
 
+def keras_signature_names(model_json: dict, in_map: dict, out_map: dict) -> list[str]:
+    """Key model.json's signature by the Keras names. The converter matches graph tensors to the
+    SavedModel signature by dtype and shape only; where two inputs or outputs share both (a
+    siamese pair, two same-sized heads) it falls back to tensor names ('left:0', 'Identity:0').
+    `in_map`/`out_map` ({tensor name: Keras name}) come from the same frozen serving signature.
+    Returns notes."""
+    sig = model_json.get("signature") or {}
+    renamed = []
+    for part, mapping in (("inputs", in_map), ("outputs", out_map)):
+        entries = sig.get(part) or {}
+        fixed = {}
+        for key, info in entries.items():
+            want = mapping.get(info.get("name"), key)
+            if want != key:
+                renamed.append(f"{key} -> {want}")
+            fixed[want] = info
+        if entries:
+            sig[part] = fixed
+    return [f"signature keyed by the Keras names ({', '.join(renamed)})"] if renamed else []
+
+
 def output_order(model_json: dict) -> dict[str, str]:
     """{Keras output name: graph tensor name} from the signature the converter wrote."""
     outs = (model_json.get("signature") or {}).get("outputs") or {}
