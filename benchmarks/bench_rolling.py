@@ -44,7 +44,7 @@ def main() -> int:
         app = out / "flask"
         path, body = predict_request(app)
         results = {"model": Path(args.model).name, "clients": CLIENTS, "cpus": os.cpu_count(),
-                   "machine": platform.platform()}
+                   "machine": platform.platform(), "load_average_before": [round(x, 1) for x in os.getloadavg()]}
 
         cluster = Cluster(app, replicas=3)
         try:
@@ -74,6 +74,7 @@ def main() -> int:
         results["three_replicas"] = {**three.summary(), "seconds_to_scale": round(scale_s, 2)}
         print("1 replica:", results["one_replica"])
         print("3 replicas:", results["three_replicas"])
+    results["load_average_after"] = [round(x, 1) for x in os.getloadavg()]  # other work on the box skews rps
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     print("written", args.json)
     return 0

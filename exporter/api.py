@@ -153,7 +153,8 @@ def export(model, targets=("all",), out_dir="kexport-out", *, options: ExportOpt
         ensure_writable(out)
         result = ExportResult(
             kexport_version=__version__,
-            model={"path": str(model), "sha256": ctx.model_sha256, **ctx.signature.to_json()},
+            model={"path": str(model), "sha256": ctx.model_sha256, "parameters": _parameters(ctx.model),
+                   **ctx.signature.to_json()},
             versions=versions(), out_dir=str(out), seconds=dict(ctx.timings),
             allow_unverified=options.allow_unverified,
         )
@@ -167,6 +168,13 @@ def export(model, targets=("all",), out_dir="kexport-out", *, options: ExportOpt
     if raise_on_failure and not result.ok:
         raise ParityError("export failed: " + " | ".join(result.failures()), result)
     return result
+
+
+def _parameters(model) -> int | None:
+    try:
+        return int(model.count_params())
+    except Exception:  # a SavedModel wrapped as a functional model may not count  # noqa: BLE001
+        return None
 
 
 def previous_rows(out: Path, model_sha256: str) -> list[dict]:
@@ -202,6 +210,9 @@ def _write_report_and_reference(out: Path, ctx, result, previous: list[dict]) ->
     data["targets"] = merge_rows(previous, result.targets)
     _swap_into_place(tmp, out / REFERENCE_DIR)
     write_json_atomic(out / REPORT_NAME, data)
+    from .report_html import render
+
+    render(data, out)
 
 
 def merge_rows(previous: list[dict], rows: list) -> list[dict]:

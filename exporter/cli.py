@@ -56,6 +56,7 @@ def _common(p: argparse.ArgumentParser, *, model=True):
         q.add_argument("--max-accuracy-drop", type=float, default=1.0,
                        help="refuse a variant losing more accuracy points than this vs Keras (default 1.0)")
     p.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+    p.add_argument("--quiet", action="store_true", help="print errors only (the exit code tells the rest)")
 
 
 def _registry():
@@ -176,11 +177,15 @@ def _quiet_libraries(debug: bool):
             logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _progress(start: float):
-    def say(line: str):
-        print(f"[{time.perf_counter() - start:6.1f}s] {line}", file=sys.stderr, flush=True)
+_PROGRESS = []
 
-    return say
+
+def _progress(start: float, quiet: bool = False):
+    from .progress import Progress
+
+    p = Progress(quiet=quiet)
+    _PROGRESS.append(p)
+    return p
 
 
 def _options(args):
@@ -215,9 +220,19 @@ def _input_shapes(items: list[str]) -> dict:
     return out
 
 
-def _print_result(result, as_json: bool):
+def _close_progress():
+    while _PROGRESS:
+        _PROGRESS.pop().close()
+
+
+def _print_result(result, as_json: bool, quiet: bool = False):
     from .report import format_table
 
+    _close_progress()
+    if quiet:
+        for line in result.failures():
+            print(f"kexport: {line}", file=sys.stderr)
+        return
     if as_json:
         print(json.dumps(result.to_json(), indent=2, default=str))
     else:
@@ -229,17 +244,17 @@ def _print_result(result, as_json: bool):
 def cmd_export(args) -> int:
     from . import api
 
-    result = api.export(args.model, [args.command], args.out, options=_options(args), progress=_progress(time.perf_counter()))
-    _print_result(result, args.json)
+    result = api.export(args.model, [args.command], args.out, options=_options(args), progress=_progress(time.perf_counter(), args.quiet))
+    _print_result(result, args.json, args.quiet)
     return result.exit_code
 
 
 def cmd_verify(args) -> int:
     from . import api
 
-    result = api.verify(args.out, progress=_progress(time.perf_counter()), allow_unverified=args.allow_unverified,
+    result = api.verify(args.out, progress=_progress(time.perf_counter(), args.quiet), allow_unverified=args.allow_unverified,
                         atol=args.atol, rtol=args.rtol)
-    _print_result(result, args.json)
+    _print_result(result, args.json, args.quiet)
     return result.exit_code
 
 
@@ -312,8 +327,8 @@ def cmd_tf_serving(args) -> int:
 
     eopts = _options(args)
     topts = eopts.target_options["tf-serving"]
-    result = run_command(args.model, args.out, topts, eopts, progress=_progress(time.perf_counter()))
-    _print_result(result, args.json)
+    result = run_command(args.model, args.out, topts, eopts, progress=_progress(time.perf_counter(), args.quiet))
+    _print_result(result, args.json, args.quiet)
     return result.exit_code
 
 
@@ -342,9 +357,11 @@ def main(argv=None) -> int:
             return EXIT_USAGE
         return COMMANDS.get(args.command, cmd_export)(args)
     except _UsageExit as e:
+        _close_progress()
         print(f"kexport: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KexportError as e:
+        _close_progress()
         if debug:
             raise
         print(f"kexport: error: {e}", file=sys.stderr)
@@ -353,6 +370,7 @@ def main(argv=None) -> int:
         print("kexport: interrupted; no partial artifact was moved into place", file=sys.stderr)
         return 130
     except Exception as e:  # a bug in kexport or a library: still one line unless --debug
+        _close_progress()
         if debug:
             raise
         msg = (str(e).strip().splitlines() or [""])[0][:300]

@@ -29,10 +29,28 @@ class ReferenceOutputs(dict):
     """The Keras outputs by name, plus `noise` ({output: per-sample max |Keras(x ± 1 ulp) -
     Keras(x)|}) and `alternates` ([(inputs, ReferenceOutputs)] at other input sizes)."""
 
-    def __init__(self, outputs=(), noise=None, alternates=None):
+    def __init__(self, outputs=(), noise=None, alternates=None, compute_dtype="float32"):
         super().__init__(outputs)
         self.noise = noise or {}
         self.alternates = list(alternates or [])
+        # "float16" for a mixed_float16 model: Keras computes in half precision (exporter/parity.py)
+        self.compute_dtype = compute_dtype
+
+
+def compute_dtype(model) -> str:
+    """The narrowest compute dtype among the model's layers ("float16" under mixed_float16)."""
+    found = set()
+    stack = [model]
+    while stack:
+        layer = stack.pop()
+        policy = getattr(layer, "dtype_policy", None)
+        if policy is not None:
+            found.add(policy.compute_dtype)
+        stack.extend(getattr(layer, "layers", []) or [])
+    for dt in ("bfloat16", "float16"):
+        if dt in found:
+            return dt
+    return "float32"
 
 
 def free_dims(signature) -> bool:
@@ -137,7 +155,7 @@ def conditioned(model, signature, inputs: dict, outputs: dict, *, samples: int |
     the model has free dimensions (not for user-given inputs of fixed shape: pass shapes)."""
     from .reference import KerasSession
 
-    ref = ReferenceOutputs(outputs, noise_floor(model, signature, inputs, outputs))
+    ref = ReferenceOutputs(outputs, noise_floor(model, signature, inputs, outputs), compute_dtype=compute_dtype(model))
     if free_dims(signature):
         used = {k: tuple(np.shape(v)[1:]) for k, v in inputs.items()}
         other = input_sizes(signature, None, model, exclude=used)  # the user's --input-shape is `used`
@@ -151,7 +169,10 @@ def conditioned(model, signature, inputs: dict, outputs: dict, *, samples: int |
 
 def save_conditioning(folder: Path, outputs) -> None:
     """Write the noise floor and alternate reference data next to inputs.npz / outputs.npz."""
+    import json
+
     folder = Path(folder)
+    (folder / "conditioning.json").write_text(json.dumps({"compute_dtype": getattr(outputs, "compute_dtype", "float32")}))
     noise = getattr(outputs, "noise", None)
     if noise:
         np.savez(folder / "noise.npz", **noise)
@@ -171,8 +192,12 @@ def _npz(path: Path) -> dict:
 
 def load_conditioning(folder: Path, outputs: dict) -> ReferenceOutputs:
     """The stored reference outputs with their noise floor and alternates (for `kexport verify`)."""
+    import json
+
     folder = Path(folder)
-    ref = ReferenceOutputs(outputs, _npz(folder / "noise.npz"))
+    meta = folder / "conditioning.json"
+    dtype = json.loads(meta.read_text()).get("compute_dtype", "float32") if meta.exists() else "float32"
+    ref = ReferenceOutputs(outputs, _npz(folder / "noise.npz"), compute_dtype=dtype)
     i = 2
     while (folder / f"inputs_{i}.npz").exists():
         ref.alternates.append((_npz(folder / f"inputs_{i}.npz"),

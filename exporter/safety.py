@@ -288,16 +288,18 @@ SaveV2 RestoreV2 MergeV2Checkpoints ShardedFilename ShardedFilespec DisableCopyO
 StaticRegexFullMatch Save SaveSlices Restore RestoreSlice
 """.split())
 # Never pure even when the registry does not mark them stateful: files, processes, network,
-# Python callbacks, debug sinks, input pipelines (datasets/readers/queues/iterators).
+# Python callbacks, debug sinks, input pipelines (datasets/readers/queues/iterators), process abort,
+# foreign code (XLA custom calls, MLIR passthrough).
 DENIED = frozenset("""
 ReadFile WriteFile MatchingFiles ImmutableConst PyFunc PyFuncStateless EagerPyFunc Print PrintV2
 InitializeTableFromTextFile InitializeTableFromTextFileV2 DecodeProtoV2 EncodeProto
 LoadAndRemapMatrix Rpc TryRpc WriteSummary WriteAudioSummary WriteImageSummary WriteScalarSummary
 WriteHistogramSummary WriteRawProtoSummary WriteGraphSummary CreateSummaryFileWriter
-CreateSummaryDbWriter TfLiteSubgraphExecute BatchFunction
+CreateSummaryDbWriter TfLiteSubgraphExecute BatchFunction Abort XlaCustomCall XlaCustomCallV2 XlaLaunch
+XlaLaunchV2 MlirPassthroughOp
 """.split())
 _DENIED_PATTERN = re.compile(r"File|Dataset|Reader|Queue|Iterator|Debug|Snapshot|TPU|Tpu|Py|Rpc|Collective"
-                             r"|Summary|Barrier|^_")
+                             r"|Summary|Barrier|^DTensor|^_")
 
 
 def _registry_pure() -> set[str]:

@@ -23,3 +23,4 @@ from . import tritonserver  # noqa: F401,E402
 from . import kserve_crd  # noqa: F401,E402
 from . import kubernetes_schema  # noqa: F401,E402
 from . import jvm_runner  # noqa: F401,E402
+from . import openvino_cpu  # noqa: F401,E402

@@ -31,6 +31,15 @@ class OpenVINOCPURuntime(Runtime):
     def available(self):
         return module_missing("openvino", "openvino")
 
+    @property
+    def device(self) -> str | None:
+        """Where it runs (`kexport doctor`): the CPU plugin, this host's CPU, the precision."""
+        if self.available():
+            return None
+        info = device_info()
+        return f"OpenVINO {info['openvino']} {info['device']} plugin on {info['device_name']}, " \
+               f"inference precision {info['inference_precision']}"
+
     def load(self, path, **options):
         return OpenVINOSession(str(path), precision=options.get("inference_precision", DEFAULT_PRECISION),
                                num_threads=options.get("num_threads"))

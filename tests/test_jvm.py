@@ -8,6 +8,7 @@ add no export time. A quick run of this file alone:
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -166,3 +167,50 @@ def test_unavailable_reasons(monkeypatch, tmp_path):
         reason = get_runtime(name).available()
         assert reason.startswith("java is not on PATH") and "apt-get install openjdk-17-jdk-headless maven" in reason
         assert "make jvm-runner" in get_runtime(name).install_hint
+
+
+def _java_programs() -> dict[str, str]:
+    """{class name: source} of the complete Java programs in docs/jvm.md."""
+    import re
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "jvm.md").read_text()
+    blocks = re.findall(r"```java\n(.*?)```", text, re.S)
+    return {re.search(r"public class (\w+)", b).group(1): b for b in blocks}
+
+
+def test_docs_java_programs_compile_and_match(sample_export, tmp_path):
+    """docs/jvm.md's DL4J and ONNX Runtime programs, compiled and run on the two_in_two_out export."""
+    import subprocess
+
+    _need("dl4j", "dl4j")
+    _need("onnxruntime-java", "onnx")
+    programs = _java_programs()
+    assert sorted(programs) == ["PredictDl4j", "PredictOnnx"]
+    for name, src in programs.items():
+        (tmp_path / f"{name}.java").write_text(src)
+    cp = jvm_runner.CLASSPATH.read_text().strip()
+    subprocess.run(["javac", "-cp", cp, "-d", str(tmp_path), *(f"{n}.java" for n in programs)],
+                   cwd=tmp_path, check=True, capture_output=True, timeout=300)
+    java = ["java", *jvm_runner.JVM_FLAGS, "-cp", f"{tmp_path}:{cp}"]
+
+    dl4j_row, out = _row(sample_export, "two_in_two_out", "dl4j")
+    with np.load(out / "reference" / "inputs.npz") as z:
+        for k in z.files:
+            np.save(tmp_path / f"{k}.npy", z[k])
+    with np.load(out / "reference" / "outputs.npz") as z:
+        reference = {k: z[k] for k in z.files}
+    subprocess.run([*java, "PredictDl4j", str(out / dl4j_row.artifact), "image.npy", "meta.npy"],
+                   cwd=tmp_path, check=True, capture_output=True, timeout=300)
+    for k, ref in reference.items():
+        np.testing.assert_allclose(np.load(tmp_path / f"{k}.npy"), ref, atol=1e-5, rtol=1e-4)
+
+    onnx_row, _ = _row(sample_export, "two_in_two_out", "onnx")
+    run = subprocess.run([*java, "PredictOnnx", str(out / onnx_row.artifact)], cwd=tmp_path, check=True,
+                         capture_output=True, text=True, timeout=300)
+    printed = {line.split(" ", 1)[0]: np.array(json.loads(line.split(" ", 1)[1]), np.float32)
+               for line in run.stdout.splitlines() if line.startswith(("class_probs ", "score "))}
+    session = get_runtime("onnxruntime").load(str(out / onnx_row.artifact))
+    want = session.predict({"image": np.full((1, 8, 8, 1), 0.5, np.float32),
+                            "meta": np.array([[0.1, 0.2, 0.3, 0.4]], np.float32)})
+    for k, v in want.items():
+        np.testing.assert_allclose(printed[k], v[0], atol=1e-6, rtol=1e-5)

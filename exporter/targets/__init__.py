@@ -16,3 +16,4 @@ from . import kserve  # noqa: F401,E402
 from . import tf_serving  # noqa: F401,E402
 from . import spark  # noqa: F401,E402
 from . import dl4j  # noqa: F401,E402
+from . import openvino  # noqa: F401,E402

@@ -50,8 +50,10 @@ def _linear(x, axis: int, n_out: int, mode: str):
 
 def _nearest(x, axis: int, n_out: int, mode: str):
     n_in = x.shape[axis]
-    if mode == "DEFAULT":  # floor(i * Xin / Xout), as TF's asymmetric nearest neighbour
-        idx = np.floor(np.arange(n_out) * n_in / n_out)
+    if mode == "DEFAULT":
+        # floor((i + 0.5) * Xin / Xout): coremltools emits resize_nearest_neighbor / resize for TF's
+        # ResizeNearestNeighbor(half_pixel_centers=True) (what Keras' Resizing and tf.image use)
+        idx = np.floor((np.arange(n_out) + 0.5) * n_in / n_out)
     else:
         idx = np.round(_grid(n_in, n_out, mode) + 1e-9)
     return np.take(x, np.clip(idx.astype(np.int64), 0, n_in - 1), axis=axis)

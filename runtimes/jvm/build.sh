@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the JVM runner (runtimes `dl4j`, `onnxruntime-java`): `make jvm-runner`.
 # Skips when the jar is newer than its sources and every jar on its classpath is still in the
-# Maven repository; tries the warm cache offline first, then Maven Central (~300 MB, once).
+# Maven repository; tries the warm cache offline first, then Maven Central (245 MB, once).
 # Never fails the caller: without Java/Maven the JVM rows are skipped with their reason.
 set -u
 cd "$(dirname "$0")"

@@ -55,6 +55,5 @@ class Dl4jTarget(Target):
         if renames:
             notes.append("layers renamed for DL4J's weight import (a layer name inside its weight names breaks it): "
                          + ", ".join(f"{a} -> {b}" for a, b in renames.items()))
-        dl4j_names = {"inputs": list(twin.input_names), "outputs": list(twin.output_names)}
-        return Artifact(path, variant, notes=notes, runtime_options={"names": names},
-                        extra={"dl4j_names": dl4j_names})
+        # {name in the HDF5 (DL4J's vertex names): Keras name}; differs only for renamed layers
+        return Artifact(path, variant, notes=notes, runtime_options={"names": names})

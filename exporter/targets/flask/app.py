@@ -75,7 +75,8 @@ class AppSettings:
     workers: int = 2
     worker_connections: int = 256  # per worker (gevent): slow clients wait in the backlog past it
     intra_op_threads: int = 1
-    run_bytes: int = 1 << 20  # input bytes per model call: a large request runs in slices (bounded memory)
+    run_bytes: int = 1 << 18  # input bytes per model call: a large request runs in slices (bounded memory)
+    body_budget: int = 64 * 1024 * 1024  # request bodies one worker holds at once
     max_requests: int = 5000  # worker recycling (plus jitter): fragmented memory goes back to the OS
     max_requests_jitter: int = 500
 
@@ -243,6 +244,7 @@ def _template_values(spec: AppSpec) -> dict:
         "max_content_length": s.max_content_length, "batch_window_ms": float(s.batch_window_ms),
         "max_batch_rows": s.max_batch_rows, "workers": s.workers, "worker_connections": s.worker_connections,
         "max_requests": s.max_requests, "max_requests_jitter": s.max_requests_jitter, "run_bytes": s.run_bytes,
+        "body_budget": max(s.body_budget, s.max_content_length),
         "intra_op_threads": s.intra_op_threads, "requirements": requirement_pins(spec.runtime),
         "pytest_version": pytest_version, "python_version": f"{sys.version_info.major}.{sys.version_info.minor}",
         "example_rows": rows, "example_columns": cols,

@@ -111,12 +111,15 @@ def make_plan(ctx, options: KServeOptions):
 
     name = k8s_name(options.name or ctx.name)
     size_mi = -(-ctx.model_path.stat().st_size // (1 << 20)) if ctx.model_path.is_file() else 64
-    workers = FlaskOptions().workers
-    triton = options.name or safe_model_name(ctx.name)
+    run = getattr(ctx, "export_options", None)  # the manifests name what this run's other targets wrote
+    flask = run.target_options.get("flask") if run else None
+    triton = run.target_options.get("triton") if run else None
+    workers = (flask or FlaskOptions()).workers
+    triton_name = (triton.name if triton and triton.name else None) or options.name or safe_model_name(ctx.name)
     return Plan(
         name=name, namespace=options.namespace, image=options.image or f"{name}-server:latest",
         storage_uri=(options.storage_uri or f"pvc://kexport-models/{name}").rstrip("/"),
-        tf_model_dir=f"saved-model/{quote(ctx.name)}", triton_repo="triton", triton_model=triton,
+        tf_model_dir=f"saved-model/{quote(ctx.name)}", triton_repo="triton", triton_model=triton_name,
         tensorflow_version=metadata.version("tensorflow"), workers=workers, replicas=options.replicas,
         max_replicas=options.max_replicas,
         # onnxruntime holds a few copies of the weights per worker; 256 MiB for Python and the server

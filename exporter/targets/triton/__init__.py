@@ -4,7 +4,8 @@
                                           dimension as max_batch_size; dynamic_batching,
                                           instance_group, model_warmup)
     OUT/triton/NAME/<version>/model.onnx  the onnx target's conversion (platform onnxruntime_onnx)
-      or .../<version>/model.savedmodel/   the SavedModel (--triton-platform tensorflow_savedmodel)
+      or .../<version>/model.savedmodel/   the SavedModel (--platform tensorflow_savedmodel; under
+                                          `kexport all`: --triton-platform)
     OUT/triton/NAME/warmup/input_N.bin    first reference sample per input (raw, row-major)
 
 Serve it with `tritonserver --model-repository OUT/triton` (docs/deploy.md). Verified by the
@@ -53,13 +54,13 @@ class TritonTarget(Target):
         parser.add_argument("--name", help="model name (directory and URL /v2/models/NAME; default: the model file's name)")
         parser.add_argument("--version", type=int, default=1, help="model version directory (default 1)")
         parser.add_argument("--opset", type=int, help="ONNX opset of model.onnx (default: the onnx target's)")
-        parser.add_argument("--triton-platform", choices=sorted(PLATFORMS), default=d.platform,
-                            help=f"model.onnx on onnxruntime (default) or the SavedModel on TensorFlow")
-        parser.add_argument("--triton-max-batch-size", type=int, default=d.max_batch_size,
+        parser.add_argument("--platform", choices=sorted(PLATFORMS), default=d.platform,
+                            help="model.onnx on onnxruntime (default) or the SavedModel on TensorFlow")
+        parser.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
                             help=f"max_batch_size, also the dynamic batcher's limit (default {d.max_batch_size})")
-        parser.add_argument("--triton-instances", type=int, default=d.instances,
+        parser.add_argument("--instances", type=int, default=d.instances,
                             help=f"model instances on the CPU (instance_group count, default {d.instances})")
-        parser.add_argument("--triton-max-queue-delay-us", type=int, default=d.max_queue_delay_us,
+        parser.add_argument("--max-queue-delay-us", type=int, default=d.max_queue_delay_us,
                             help=f"dynamic batching: longest wait to fill a batch (default {d.max_queue_delay_us} us)")
 
     @classmethod
@@ -67,10 +68,10 @@ class TritonTarget(Target):
         d = TritonOptions()
         get = lambda k, default: getattr(args, k, None) if getattr(args, k, None) is not None else default  # noqa: E731
         opts = TritonOptions(name=getattr(args, "name", None), version=get("version", d.version),
-                             platform=get("triton_platform", d.platform),
-                             max_batch_size=get("triton_max_batch_size", d.max_batch_size),
-                             instances=get("triton_instances", d.instances),
-                             max_queue_delay_us=get("triton_max_queue_delay_us", d.max_queue_delay_us),
+                             platform=get("platform", d.platform),
+                             max_batch_size=get("max_batch_size", d.max_batch_size),
+                             instances=get("instances", d.instances),
+                             max_queue_delay_us=get("max_queue_delay_us", d.max_queue_delay_us),
                              opset=getattr(args, "opset", None))
         _check(opts)
         return opts
@@ -150,8 +151,8 @@ def _check(o: TritonOptions) -> None:
         if reason:
             raise UsageError(f"--name: {reason}")
     if o.platform not in PLATFORMS:
-        raise UsageError(f"Unrecognized --triton-platform={o.platform!r}. Supported: {sorted(PLATFORMS)}.")
+        raise UsageError(f"Unrecognized --platform={o.platform!r}. Supported: {sorted(PLATFORMS)}.")
     if o.version < 1:
         raise UsageError(f"--version {o.version}: Triton versions are positive integers")
     if o.max_batch_size < 1 or o.instances < 1 or o.max_queue_delay_us < 0:
-        raise UsageError("--triton-max-batch-size and --triton-instances must be >= 1, --triton-max-queue-delay-us >= 0")
+        raise UsageError("--max-batch-size and --instances must be >= 1, --max-queue-delay-us >= 0")

@@ -1,0 +1,110 @@
+"""report.html: self-contained, its numbers equal report.json, no external request, and a model's
+names cannot inject markup or break the usage snippets. Checked in headless Chromium."""
+
+from __future__ import annotations
+
+import copy
+import ast
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kexport.report_html import js_str, kotlin_str, py_str, render, sh_str, swift_str
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = Path(os.environ.get("KEXPORT_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+HOSTILE = 'x"\'</pre><script>window.PWNED=1</script>$(touch PWNED)${a}\\\nü'
+
+
+@pytest.fixture(scope="module")
+def page():
+    from playwright.sync_api import sync_playwright
+
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("/usr/bin/chromium not found (make chromium)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
+        pg = browser.new_page(viewport={"width": 1280, "height": 900})
+        yield pg
+        browser.close()
+
+
+def _open(page, html: Path) -> list[str]:
+    """Load the page; return every request that was not the file itself."""
+    others = []
+
+    def route(r):
+        if r.request.url != html.as_uri():
+            others.append(r.request.url)
+            return r.abort()
+        return r.continue_()
+
+    page.route("**/*", route)
+    page.goto(html.as_uri())
+    page.wait_for_load_state("load")
+    page.unroute("**/*")
+    return others
+
+
+def test_numbers_in_the_page_equal_report_json(sample_export, page, tmp_path):
+    _, out = sample_export("two_in_two_out")
+    html = out / "report.html"
+    assert html.is_file(), "every export writes report.html beside report.json"
+    report = json.loads((out / "report.json").read_text())
+    assert _open(page, html) == [], "the report must not load anything"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "report_two_in_two_out.png"), full_page=True)
+    assert page.inner_text("#sha256") == report["model"]["sha256"]
+    assert page.inner_text("#parameters").replace(",", "") == str(report["model"]["parameters"])
+    checked = 0
+    for t in report["targets"]:
+        row = page.locator(f'tr[data-target="{t["target"]}"][data-variant="{t["variant"]}"]')
+        assert row.count() == 1, t["target"]
+        if t.get("size_bytes") is not None:
+            assert row.locator("td[data-size]").get_attribute("data-size") == str(t["size_bytes"])
+        for p in t["parity"]:
+            cell = row.locator(f'td[data-runtime="{p["runtime"]}"]')
+            assert cell.get_attribute("data-status") == p["status"]
+            if p.get("max_abs_err") is not None:
+                assert float(cell.get_attribute("data-err")) == p["max_abs_err"]
+                checked += 1
+    assert checked >= 5
+    names = page.locator("code.io-name").all_inner_texts()
+    assert names == [t["name"] for t in report["model"]["inputs"] + report["model"]["outputs"]]
+    usage = page.inner_text("#usage")
+    for t in report["model"]["inputs"] + report["model"]["outputs"]:
+        assert t["name"] in usage
+
+
+def test_hostile_names_stay_text(sample_export, page, tmp_path):
+    _, out = sample_export("two_in_two_out")
+    report = copy.deepcopy(json.loads((out / "report.json").read_text()))
+    report["model"]["inputs"][0]["name"] = HOSTILE
+    report["targets"][0]["notes"] = [HOSTILE]
+    dest = tmp_path / "hostile"
+    dest.mkdir()
+    html = render(report, dest)
+    assert _open(page, html) == []
+    assert page.evaluate("() => window.PWNED") is None
+    assert page.locator("script").count() == 0
+    assert "</pre><script>window.PWNED=1</script>$(touch PWNED)" in page.inner_text("#model")  # shown as text
+
+
+def test_language_escapers_round_trip(tmp_path):
+    assert ast.literal_eval(py_str(HOSTILE)) == HOSTILE
+    node = shutil.which("node")
+    if node:
+        got = subprocess.run([node, "-e", f"process.stdout.write(JSON.stringify({js_str(HOSTILE)}))"],
+                             capture_output=True, text=True, check=True).stdout
+        assert json.loads(got) == HOSTILE
+    got = subprocess.run(["bash", "-c", f"printf %s {sh_str(HOSTILE)}"], capture_output=True, text=True, check=True).stdout
+    assert got == HOSTILE and not (tmp_path / "PWNED").exists()
+    k = kotlin_str(HOSTILE)  # no Kotlin compiler here: the rules a Kotlin literal needs
+    assert "${" not in k.replace("\\$", "") and "\n" not in k and k.count('"') - k.count('\\"') == 2
+    sw = swift_str(HOSTILE)
+    assert "\n" not in sw and sw.count('"') - sw.count('\\"') == 2 and "\\(" not in sw
