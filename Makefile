@@ -55,8 +55,15 @@ nginx:
 	  ($(APT) update -qq && { $(APT) install -y -qq nginx-light || $(APT) install -y -qq nginx; }) >/dev/null \
 	  || echo "could not install nginx: the rolling-restart test will be skipped"; }
 
+# Java 17+ for Spark (runtime spark-local; pyspark itself comes with kexport[spark])
+.PHONY: java
+java:
+	@command -v java >/dev/null || { [ "$$(id -u)" = 0 ] || { echo "java missing: run 'sudo apt-get install openjdk-17-jre-headless' for the spark-local rows"; exit 0; }; \
+	  ($(APT) update -qq && $(APT) install -y -qq openjdk-17-jre-headless) >/dev/null \
+	  || echo "could not install Java: spark-local rows will be skipped"; }
+
 # Everything the runtimes need besides Python packages (each runtime adds its prerequisite here).
-runtime-deps: node-deps chromium arm64-root jvm-runner nginx
+runtime-deps: node-deps chromium arm64-root jvm-runner nginx java
 
 test-deps: venv runtime-deps
 

@@ -164,7 +164,7 @@ def build_model(name: str, work: Path) -> Path:
         return ROOT / "sample_models" / "digits_cnn.keras"
     import keras
 
-    from kexport.calibrate import calibrate_batchnorm
+    from kexport.batchnorm_stats import calibrate_batchnorm
 
     keras.utils.set_random_seed(0)
     model = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3))
@@ -185,7 +185,9 @@ def write_tables(work: Path, name: str, column: str, shape: list, rows: int) -> 
     data, warm = work / f"{name}.parquet", work / f"{name}-warm.parquet"
     data.mkdir()
     warm.mkdir()
-    chunk = max(1, min(rows, 2_000_000 // per_row * 8))
+    # several files, so that local[2] gets several partitions: about 32 MiB each, at least 8
+    files = max(8, -(-rows * per_row * 4 // (32 * 2**20)))
+    chunk = max(1, -(-rows // files))
     done, part = 0, 0
     while done < rows:
         n = min(chunk, rows - done)

@@ -335,7 +335,32 @@ def _run_variant(target, ctx, tmp: Path, rel: Path, topts, options: ExportOption
         for p in row.parity:
             say(f"    {variant} on {p.runtime}: {p.status}" + (f" ({p.reason})" if p.reason else ""))
         mark_unverified(row)
+        if options.benchmark:
+            row.extra["benchmark"] = benchmark(art, row, ctx, say)
     return row, art
+
+
+def benchmark(art, row: TargetResult, ctx, say) -> dict:
+    """{runtime: {ms, per_second, rounds, stable}} for every runtime that passed: one sample,
+    3 warm-up calls, then windows of 10 until two windows' medians agree within 5% (or 10 s)."""
+    from .runtimes import all_runtimes
+    from .runtimes.latency import measure
+
+    sample = {k: v[:1] for k, v in ctx.inputs.items()}
+    out = {}
+    for p in row.parity:
+        if p.status != "passed" or p.runtime not in all_runtimes():  # checks without a runtime are not timed
+            continue
+        if p.device:  # emulated (litert-arm64 under qemu): a time, but not this device's speed
+            out[p.runtime] = {"ms": None, "per_second": None, "error": f"not timed: runs on {p.device}"}
+            continue
+        res = measure(p.runtime, [(str(art.path), art.runtime_options)], sample, budget_s=10.0, max_rounds=2000,
+                      min_rounds=20, window=10)
+        ms = (res.get("ms") or [None])[0]
+        out[p.runtime] = {"ms": ms, "per_second": round(1000.0 / ms, 1) if ms else None,
+                          "rounds": res.get("rounds"), "stable": res.get("stable"), "error": res.get("error")}
+        say(f"    {row.variant} on {p.runtime}: " + (f"{ms:.3f} ms per inference" if ms else f"not timed ({res.get('error')})"))
+    return out
 
 
 def mark_unverified(row: TargetResult) -> None:

@@ -41,6 +41,8 @@ def _common(p: argparse.ArgumentParser, *, model=True):
         p.add_argument("--json", action="store_true", help="print report.json instead of the table")
         p.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x224x224x3",
                        help="shape of an input with free dimensions for the reference data (repeatable)")
+        p.add_argument("--benchmark", action="store_true",
+                       help="also time every verified artifact in each runtime: ms per inference, throughput")
         p.add_argument("--allow-unverified", action="store_true",
                        help="exit 0 even when no runtime here could check a target (its row stays 'unverified')")
         q = p.add_argument_group("quantized variants (docs/quantization.md)")
@@ -200,6 +202,7 @@ def _options(args):
         target_options=topts, quantize=args.quantize, calibration=args.calibration, eval=args.eval,
         min_agreement=args.min_agreement, max_accuracy_drop=args.max_accuracy_drop,
         input_shapes=_input_shapes(args.input_shape), allow_unverified=args.allow_unverified,
+        benchmark=args.benchmark,
     )
 
 

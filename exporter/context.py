@@ -3,12 +3,14 @@ reference data, and traced functions / SavedModels cached so no target traces tw
 
 from __future__ import annotations
 
-import tempfile
+import shutil
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .scratch import work_dir
 from .signature import ModelSignature
 
 
@@ -20,8 +22,12 @@ class ExportContext:
     signature: ModelSignature
     inputs: dict[str, np.ndarray]
     outputs: dict[str, np.ndarray]
-    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="kexport-")))
+    workdir: Path = field(default_factory=work_dir)  # named after this process: a killed run's is swept
     _cache: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        # gone with the context (`kexport inspect` never removed it) or at interpreter exit at the latest
+        weakref.finalize(self, shutil.rmtree, str(self.workdir), True)
 
     @property
     def name(self) -> str:

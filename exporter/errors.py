@@ -67,3 +67,35 @@ def first_line(e: BaseException, limit: int = 300) -> str:
         return text
     cut = text[:limit].rsplit(" ", 1)[0]
     return cut + " ..."
+
+
+_CAUSE = "Exception encountered:"
+_LAYER_PATTERNS = (  # how Keras names the layer in its messages, most specific first
+    r"[Ll]ayer '([^']+)'", r"\(named ([^)\s]+)\)", r"layer \"([^\"]+)\"",
+)
+
+
+def keras_load_message(e: BaseException, limit: int = 300) -> str:
+    """One line for a Keras load failure: the layer Keras names (if it names one) and the root
+    cause. Keras nests causes ("... could not be deserialized properly ... Exception encountered:
+    ...") and puts the failing layer's config, with its name, at the end of a long message.
+
+    Example: "layer 'hidden' (MysteryDense): Could not locate class 'MysteryDense'. ..."
+    """
+    import re
+
+    text = str(e)
+    cause = text.rsplit(_CAUSE, 1)[-1].strip() if _CAUSE in text else text
+    layer = next((m.group(1) for p in _LAYER_PATTERNS for m in [re.search(p, cause)] if m), None)
+    cls = None
+    if layer is None:  # the innermost cause that prints a layer config: its first config is the layer's
+        for segment in reversed(text.split(_CAUSE)):
+            m = re.search(r"'class_name': '([^']+)', 'config': \{'name': '([^']+)'"
+                          r"|class '([^']+)' using config=\{'name': '([^']+)'", segment)
+            if m:
+                cls, layer = (m.group(1), m.group(2)) if m.group(2) else (m.group(3), m.group(4))
+                break
+    head = first_line(Exception(cause) if cause and cause is not text else e, limit)
+    if layer is None or f"'{layer}'" in head or f"named {layer}" in head:
+        return head
+    return f"layer '{layer}'" + (f" ({cls})" if cls else "") + f": {head}"

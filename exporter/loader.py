@@ -14,7 +14,7 @@ import os
 import zipfile
 from pathlib import Path
 
-from .errors import ModelLoadError, first_line
+from .errors import ModelLoadError, keras_load_message
 from .safety import check_model_file, check_saved_model
 from .signature import ModelSignature, TensorSpec
 
@@ -129,7 +129,7 @@ def load_model(path, *, safe_mode: bool = True, custom_objects: str | dict | Non
     try:
         return keras.saving.load_model(path, safe_mode=safe_mode, custom_objects=objs, compile=False)
     except Exception as e:  # keras raises many types (ValueError, TypeError, KeyError, OSError)
-        msg = first_line(e)
+        msg = keras_load_message(e)
         hint = "if it uses custom layers, pass --custom-objects path/to/module.py"
         raise ModelLoadError(f"{path}: Keras could not load the model: {msg}; {hint}") from e
 

@@ -26,6 +26,8 @@ class ExportOptions:
     input_shapes: dict = field(default_factory=dict)
     # a target row that no runtime could check is `unverified` and fails the run unless allowed
     allow_unverified: bool = False
+    # latency and throughput of every verified artifact in each runtime (docs/benchmarks.md)
+    benchmark: bool = False
     # Quantized variants (docs/quantization.md): "int8", "int8,float16" or "all" (every variant of
     # each target); the data they are calibrated/measured on, and the gate's thresholds.
     quantize: str | None = None

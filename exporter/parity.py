@@ -43,6 +43,7 @@ class ParityRow:
     reason: str | None = None
     seconds: float | None = None
     outputs: dict = field(default_factory=dict)  # per-output errors
+    device: str | None = None  # where the runtime ran, when not natively on this host (Runtime.device)
     samples: int | None = None  # reference samples compared (every checked input size)
     ill_conditioned: int | None = None  # samples left out: Keras itself moves beyond the tolerance
     ambiguous_top1: int | None = None  # classifier samples whose top-2 margin is inside the tolerance
@@ -295,6 +296,8 @@ def check_artifact(artifact, runtime_names, reference_in, reference_out, tol, *,
         if dull and row.status == "passed":
             row.status, row.reason = "uninformative", dull
         rows.append(row)
+    for r in rows:  # e.g. litert-arm64: an arm64 userland emulated by qemu-user
+        r.device = getattr(get_runtime(r.runtime), "device", None)
     return rows
 
 

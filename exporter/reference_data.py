@@ -95,17 +95,41 @@ def _accepts(model, signature, sizes: dict) -> bool:
     return all(np.all(np.isfinite(np.asarray(v, np.float64))) for v in out.values() if np.asarray(v).dtype.kind in "f")
 
 
+def check_input_shapes(signature, shapes: dict) -> None:
+    """--input-shape NAME=1x224x224x3 must name an input, have its rank and keep its fixed sizes."""
+    from .errors import UsageError
+
+    specs = {t.name: t for t in signature.inputs}
+    for name, shape in shapes.items():
+        t = specs.get(name)
+        if t is None:
+            raise UsageError(f"--input-shape {name}=...: the model has no input {name!r}; its inputs are {list(specs)}")
+        want = "x".join("N" if i == 0 else ("?" if d is None else str(d)) for i, d in enumerate(t.shape))
+        if len(shape) != len(t.shape) or any(d is not None and int(d) != int(g) for d, g in zip(t.shape[1:], shape[1:])) \
+                or any(int(g) < 1 for g in shape):
+            raise UsageError(f"--input-shape {name}={'x'.join(str(g) for g in shape)}: input {name!r} has shape "
+                             f"{want} (? = free); give every dimension, e.g. {name}=1x{'x'.join('224' if d is None else str(d) for d in t.shape[1:])}")
+
+
 def input_sizes(signature, shapes: dict | None = None, model=None, *, exclude: dict | None = None) -> dict | None:
     """{input name: shape without batch}; None when no candidate is accepted (alternates)."""
     shapes = shapes or {}
+    check_input_shapes(signature, shapes)
     fixed = {t.name: tuple(int(d) for d in shapes[t.name][1:]) for t in signature.inputs if t.name in shapes}
     free = [t for t in signature.inputs if t.name not in fixed and None in tuple(t.shape[1:])]
     base = {t.name: fixed.get(t.name, tuple(t.shape[1:])) for t in signature.inputs}
     if not free and not exclude:
         return base
     n = max(len(_candidates(t)) for t in free) if free else 0
+    order = list(range(n))
+    if exclude is not None and free:
+        # the alternate size: the largest candidate below the one in use (cheaper), else above
+        used = max(exclude[t.name][j] for t in free for j, d in enumerate(t.shape[1:]) if d is None)
+        cands = _candidates(free[0])
+        order = [i for i in range(n) if cands[min(i, len(cands) - 1)] < used] + \
+                [i for i in reversed(range(n)) if cands[min(i, len(cands) - 1)] > used]
     tried = []
-    for i in range(n):
+    for i in order:
         sizes = dict(base)
         for t in free:
             c = _candidates(t)

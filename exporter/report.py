@@ -120,6 +120,8 @@ def format_table(result: ExportResult) -> str:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    if any(t.extra.get("benchmark") for t in result.targets):
+        lines += [""] + format_benchmark(result)
     if any("size_ratio" in t.extra for t in result.targets):  # quantized variants were measured
         from .variant_metrics import format_variants
 
@@ -142,3 +144,19 @@ def _human(n: int) -> str:
             return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
         n /= 1024
     return str(n)
+
+
+def format_benchmark(result: ExportResult) -> list[str]:
+    """The table users know from export-format benchmarks, one line per artifact and runtime."""
+    rows = [("target", "variant", "status", "size", "accuracy", "runtime", "ms/inference", "inferences/s")]
+    for t in result.targets:
+        for runtime, b in (t.extra.get("benchmark") or {}).items():
+            acc = t.extra.get("accuracy")
+            rows.append((t.target, t.variant, t.status, _human(t.size_bytes) if t.size_bytes else "-",
+                         f"{acc:.4f}" if isinstance(acc, float) else "-", runtime,
+                         f"{b['ms']:.3f}" if b.get("ms") else "-", f"{b['per_second']:.0f}" if b.get("per_second") else "-"))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    out = ["benchmark (1 sample, median of the last 2 windows of 10 calls after warm-up; docs/benchmarks.md)"]
+    out += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    out.insert(2, "  ".join("-" * w for w in widths))
+    return out

@@ -87,10 +87,11 @@ class JvmProcess:
     def _read_stdout(self):
         for raw in self.proc.stdout:
             line = raw.decode(errors="replace").strip()
-            if line.startswith("{"):
-                self.lines.put(line)
-            elif line:  # a native library writing to fd 1: keep it for the error message
-                self.stderr_tail = (self.stderr_tail + [line])[-20:]
+            try:
+                self.lines.put(dict(json.loads(line)))
+            except (ValueError, TypeError):  # a native library writing to fd 1: keep it for errors
+                if line:
+                    self.stderr_tail = (self.stderr_tail + [line])[-20:]
         self.lines.put(None)
 
     def _read_stderr(self):
@@ -99,14 +100,13 @@ class JvmProcess:
 
     def _wait(self, timeout: float, what: str) -> dict:
         try:
-            line = self.lines.get(timeout=timeout)
+            reply = self.lines.get(timeout=timeout)
         except queue.Empty:
             self.kill()
             raise JvmError(f"the JVM runner did not answer '{what}' within {timeout:.0f}s (killed)") from None
-        if line is None:
+        if reply is None:
             tail = [ln for ln in self.stderr_tail if ln.strip()]
             raise JvmError(f"the JVM runner exited during '{what}'" + (f": {tail[-1]}" if tail else ""))
-        reply = json.loads(line)
         if not reply.get("ok"):
             raise JvmError(reply.get("error") or "JVM runner error")
         return reply

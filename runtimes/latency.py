@@ -22,13 +22,13 @@ import numpy as np
 
 
 def measure(runtime: str, artifacts: list[tuple[str, dict]], sample: dict, *, budget_s: float = 2.0,
-            max_rounds: int = 200, min_rounds: int = 5, timeout: float = 600) -> dict:
+            max_rounds: int = 200, min_rounds: int = 5, timeout: float = 600, window: int = 0) -> dict:
     """{"ms": [median ms per artifact], "rounds": n, "error": None | reason}, run in a child process."""
     with tempfile.TemporaryDirectory(prefix="kexport-latency-") as tmp:
         np.savez(Path(tmp) / "sample.npz", **sample)
         spec = {"runtime": runtime, "artifacts": [[str(p), o] for p, o in artifacts],
                 "sample": str(Path(tmp) / "sample.npz"), "budget_s": budget_s,
-                "max_rounds": max_rounds, "min_rounds": min_rounds}
+                "max_rounds": max_rounds, "min_rounds": min_rounds, "window": window}
         (Path(tmp) / "spec.json").write_text(json.dumps(spec))
         env = dict(os.environ)
         try:
@@ -63,6 +63,7 @@ def _worker(spec_path: str) -> None:
     times = [[] for _ in sessions]
     start = time.perf_counter()
     rounds = 0
+    window = max(1, spec.get("window") or 0)
     while rounds < spec["max_rounds"] and (rounds < spec["min_rounds"] or
                                            time.perf_counter() - start < spec["budget_s"] * len(sessions)):
         for s, ts in zip(sessions, times):
@@ -70,10 +71,23 @@ def _worker(spec_path: str) -> None:
             s.predict(sample)
             ts.append(time.perf_counter() - t0)
         rounds += 1
+        if spec.get("window") and rounds >= max(spec["min_rounds"], 2 * window) and rounds % window == 0 \
+                and all(_settled(ts, window) for ts in times):
+            break
     for s in sessions:
         s.close()
-    print(json.dumps({"ms": [round(float(np.median(ts)) * 1e3, 4) for ts in times], "rounds": rounds,
+    last = [ts[-2 * window:] if spec.get("window") else ts for ts in times]
+    print(json.dumps({"ms": [round(float(np.median(ts)) * 1e3, 4) for ts in last], "rounds": rounds,
+                      "stable": all(_settled(ts, window) for ts in times) if spec.get("window") else None,
                       "error": None}), file=out)
+
+
+def _settled(ts: list, window: int, within: float = 0.05) -> bool:
+    """The stability rule: the medians of the last two windows differ by less than 5%."""
+    if len(ts) < 2 * window:
+        return False
+    a, b = float(np.median(ts[-2 * window:-window])), float(np.median(ts[-window:]))
+    return abs(a - b) <= within * max(a, b)
 
 
 if __name__ == "__main__":

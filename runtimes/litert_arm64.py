@@ -39,7 +39,7 @@ class LiteRTArm64Runtime(Runtime):
 def package_shim() -> Path:
     """A directory that makes this package importable in the guest under its own dotted name
     (e.g. `kexport.runtimes`) without the rest of kexport: the parent packages are empty
-    namespace directories and the last part links here. The guest has numpy and LiteRT only."""
+    namespace directories and the last part links here (the guest has no kexport, no TensorFlow)."""
     parts = __package__.split(".")
     shim = Path(tempfile.mkdtemp(prefix="kexport-arm64-shim-"))
     parent = shim.joinpath(*parts[:-1])

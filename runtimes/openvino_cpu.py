@@ -56,8 +56,12 @@ def device_info(precision: str = DEFAULT_PRECISION) -> dict:
 
 class OpenVINOSession:
     def __init__(self, path: str, precision: str = DEFAULT_PRECISION, num_threads: int | None = None):
+        import os
+
         import openvino as ov
 
+        if os.path.isdir(path):  # a variant folder holding model.xml + model.bin
+            path = os.path.join(path, "model.xml")
         core = ov.Core()
         try:
             model = core.read_model(path)

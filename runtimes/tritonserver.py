@@ -19,9 +19,9 @@ import numpy as np
 from .base import Runtime, module_missing, register_runtime
 
 NOT_HERE = ("the Triton Inference Server cannot be installed here: NVIDIA ships tritonserver with its onnxruntime/"
-            "tensorflow backends as the NGC container image nvcr.io/nvidia/tritonserver (or a source build), and this "
-            "machine reaches only PyPI, Debian, npm and Maven (the tritonserver binary inside the nvidia-pytriton wheel "
-            "has the python backend only); config.pbtxt is checked by triton-config instead (docs/deploy.md)")
+            "tensorflow backends only as the NGC container nvcr.io/nvidia/tritonserver or a source build, and this "
+            "machine reaches only PyPI, Debian, npm and Maven (nvidia-pytriton's bundled binary has the python backend "
+            "only); triton-config checks config.pbtxt instead")
 READY_TIMEOUT_S = 120.0
 
 

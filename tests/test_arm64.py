@@ -70,7 +70,6 @@ def test_litert_arm64_parity(digits_tflite, variant):
         assert arm.max_abs_err < 0.05 and arm.top1_agreement >= 0.9
 
 
-@pytest.mark.xfail(strict=True, reason="needs ParityRow.device filled from Runtime.device (exporter/parity.py, lead)")
 def test_report_row_says_emulated(digits_tflite):
     _, out = digits_tflite
     report = json.loads((out / "report.json").read_text())

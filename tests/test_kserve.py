@@ -53,7 +53,7 @@ def test_inference_services(export):
     model = tf["spec"]["predictor"]["model"]
     assert model["modelFormat"] == {"name": "tensorflow"} and model["protocolVersion"] == "v1"
     assert model["runtimeVersion"] == metadata.version("tensorflow")  # the TensorFlow that exported it
-    assert model["storageUri"] == "s3://models/digits-export/saved-model/digits_cnn"  # OUT/saved-model/NAME/1/
+    assert model["storageUri"] == "s3://models/digits-export/tf-serving/digits_cnn"  # OUT/tf-serving/NAME/1/
     triton = _load(d / "kserve" / "inferenceservice-triton.yaml")
     model = triton["spec"]["predictor"]["model"]
     assert model["modelFormat"] == {"name": "onnx"} and model["protocolVersion"] == "v2"

@@ -248,6 +248,7 @@ def test_v2_bad_input_is_a_one_line_4xx(server):
     good = {"name": "pixels", "shape": [1, 8, 8, 1], "datatype": "FP32", "data": [0.5] * 64}
     cases = [
         ({"inputs": [dict(good, name="image")]}, {}, 400),
+        ({"inputs": [dict(good, name={})], "outputs": [{"name": []}]}, {}, 400),  # found by schemathesis: was a 500
         ({"inputs": [dict(good, datatype="FP64")]}, {}, 400),
         ({"inputs": [dict(good, shape=[1, 8, 8, 2])]}, {}, 400),
         ({"inputs": [dict(good, data=[0.5] * 63)]}, {}, 400),
@@ -403,5 +404,40 @@ def test_large_json_requests_cost_bounded_worker_memory(app_dir):
         print(f"worker RSS {base / 1024:.0f} MB, peak {peak / 1024:.0f} MB (+{growth_mb:.0f} MB) "
               f"for 3 concurrent {len(body) / 2**20:.1f} MiB JSON requests")
         assert growth_mb < 150, growth_mb
+    finally:
+        srv.stop()
+
+
+# ---------------------------------------------------------------- image-sized inputs (issue 10)
+
+def test_flask_http_parity_on_a_224x224_model_stays_within_the_limit(tmp_path):
+    """8 reference images of 224x224x3 are ~24 MB of JSON numbers, over the 16 MiB limit: the
+    flask-http runtime splits each format's batch, and parity passes; a user sending the same
+    batch as one JSON body gets a 413 that says what to send instead."""
+    import keras
+
+    import kexport
+
+    inp = keras.Input((224, 224, 3), name="image")
+    x = keras.layers.Conv2D(4, 3, strides=8, activation="relu")(inp)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax", name="probs")(x))
+    path = tmp_path / "image224.keras"
+    model.save(path)
+    result = kexport.export(str(path), ["flask"], tmp_path / "out")
+    (row,) = result.targets
+    assert row.status == "ok", row.error
+    statuses = [p.status for p in row.parity]
+    assert statuses == ["passed"], [(p.status, p.reason) for p in row.parity]
+    with np.load(tmp_path / "out" / "flask" / "tests" / "reference_inputs.npz") as z:
+        images = z["image"]
+    body = json.dumps({"instances": images.tolist()}).encode()
+    assert len(body) > 16 * 2**20
+    srv = GunicornServer(tmp_path / "out" / "flask", workers=1)
+    try:
+        srv.wait_ready()
+        r = requests.post(f"{srv.url}/v1/models/image224:predict", data=body, headers={"Content-Type": "application/json"})
+        err = _one_line_json(r, 413)
+        assert ".npy" in err and "b64" in err and "split the batch" in err, err
     finally:
         srv.stop()

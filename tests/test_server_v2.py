@@ -242,3 +242,26 @@ def test_fp16_int64_bool_inputs_and_outputs_through_the_triton_client(protocol):
     with pytest.raises(codec.BadRequest, match="booleans"):
         v2.decode_inputs(bad, memoryview(b""), specs)
     assert json.loads(codec.dumps({"ok": 1})) == {"ok": 1}
+
+
+def test_a_name_with_spaces_and_non_ascii_is_served_on_both_apis(multi):
+    """MODEL_NAME may be any text (the default is the model's file name): clients quote it."""
+    import urllib.parse
+
+    import requests
+
+    base, x, y = multi
+    name = 'mödel "näme" ü 1'  # a file stem: no '/' possible
+    server = GunicornServer(base.app_dir, workers=1, env={"MODEL_NAME": name})
+    try:
+        server.wait_ready()
+        c = _client(server)
+        assert c.is_model_ready(name) and c.get_model_metadata(name)["name"] == name
+        result = c.infer(name, _inputs(x, True, {"image": "FP32", "meta": "FP32"}))
+        _close(result.as_numpy("score"), y["score"])
+        r = requests.post(f"{server.url}/v1/models/{urllib.parse.quote(name, safe='')}:predict",
+                          json={"inputs": {k: v.tolist() for k, v in x.items()}})
+        assert r.status_code == 200, r.text
+        _close(np.asarray(r.json()["outputs"]["class_probs"], np.float32), y["class_probs"])
+    finally:
+        server.stop()

@@ -50,15 +50,6 @@ def unavailable() -> str | None:
     return None
 
 
-def describe() -> str:
-    """One line for doctor: the root's versions from its stamp file."""
-    try:
-        lines = (root_dir() / STAMP).read_text().splitlines()
-    except OSError:
-        return ""
-    return next((ln.removeprefix("wheels: ") for ln in lines if ln.startswith("wheels: ")), "")
-
-
 def guest_python(root: Path | None = None) -> list[str]:
     """argv prefix that runs the root's python3.11 under emulation."""
     root = root or root_dir()

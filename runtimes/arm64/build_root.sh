@@ -70,9 +70,17 @@ PY
 [ ${#pins[@]} = ${#PACKAGES[@]} ] || die "could not read the versions with $PYTHON"
 WANT="kexport-arm64-root v$SCRIPT_VERSION $SUITE python3.11 ${pins[*]}"
 
-if [ -f "$ROOT/$STAMP_NAME" ] && [ "$(head -1 "$ROOT/$STAMP_NAME")" = "$WANT" ]; then
+up_to_date() { [ -f "$ROOT/$STAMP_NAME" ] && [ "$(head -1 "$ROOT/$STAMP_NAME")" = "$WANT" ]; }
+if up_to_date; then
   echo "arm64 root up to date: $ROOT"
   exit 0
+fi
+# One build at a time per root (make arm64-root and a test fixture may race): wait, then re-check.
+mkdir -p "$(dirname "$ROOT")"
+if command -v flock >/dev/null; then
+  exec 9>"$ROOT.lock"
+  flock 9
+  if up_to_date; then echo "arm64 root up to date: $ROOT (built by another process)"; exit 0; fi
 fi
 
 # 1. Debian's tools.
@@ -88,7 +96,6 @@ fi
 DEBOOTSTRAP=$(command -v debootstrap || echo /usr/sbin/debootstrap)
 [ "$(id -u)" = 0 ] || die "debootstrap needs root (file ownership in the root); run as root or with sudo"
 
-mkdir -p "$(dirname "$ROOT")"
 TMP=$(mktemp -d "$ROOT.tmp.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 WHEELS="$TMP.wheels"

@@ -1,6 +1,6 @@
 """KServe and plain Kubernetes manifests for the artifacts of `kexport all` (no artifact copy).
 
-    OUT/kserve/kserve/inferenceservice-tensorflow.yaml  (a) OUT/saved-model/NAME on TF-Serving, v1
+    OUT/kserve/kserve/inferenceservice-tensorflow.yaml  (a) OUT/tf-serving/NAME on TF-Serving, v1
     OUT/kserve/kserve/inferenceservice-triton.yaml      (b) OUT/triton (model.onnx) on Triton, v2
     OUT/kserve/kserve/inferenceservice-flask.yaml       (c) the generated Flask image, custom predictor
     OUT/kserve/kubernetes/{deployment,service,hpa,pdb}.yaml   the Flask image on plain Kubernetes
@@ -47,6 +47,7 @@ class KServeTarget(Target):
     runtimes = ("kubernetes-validate", "kserve-crd")
     extra = "kserve"
     requires = ("yaml",)
+    packages = ("kubernetes-validate", "jsonschema", "PyYAML")
     Options = KServeOptions
 
     @classmethod
@@ -114,12 +115,13 @@ def make_plan(ctx, options: KServeOptions):
     run = getattr(ctx, "export_options", None)  # the manifests name what this run's other targets wrote
     flask = run.target_options.get("flask") if run else None
     triton = run.target_options.get("triton") if run else None
+    tfs = run.target_options.get("tf-serving") if run else None
     workers = (flask or FlaskOptions()).workers
     triton_name = (triton.name if triton and triton.name else None) or options.name or safe_model_name(ctx.name)
     return Plan(
         name=name, namespace=options.namespace, image=options.image or f"{name}-server:latest",
         storage_uri=(options.storage_uri or f"pvc://kexport-models/{name}").rstrip("/"),
-        tf_model_dir=f"saved-model/{quote(ctx.name)}", triton_repo="triton", triton_model=triton_name,
+        tf_model_dir=f"tf-serving/{quote((tfs.name if tfs and tfs.name else None) or ctx.name)}", triton_repo="triton", triton_model=triton_name,
         tensorflow_version=metadata.version("tensorflow"), workers=workers, replicas=options.replicas,
         max_replicas=options.max_replicas,
         # onnxruntime holds a few copies of the weights per worker; 256 MiB for Python and the server

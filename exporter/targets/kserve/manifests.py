@@ -28,7 +28,7 @@ class Plan:
     namespace: str
     image: str
     storage_uri: str  # where the export directory (kexport all -o OUT) is uploaded
-    tf_model_dir: str  # OUT-relative: the SavedModel's versioned directory (saved-model target)
+    tf_model_dir: str  # OUT-relative: the TF-Serving repository's model directory (tf-serving target)
     triton_repo: str  # OUT-relative: the Triton repository (triton target)
     triton_model: str  # the model's name in that repository (/v2/models/NAME)
     tensorflow_version: str
@@ -59,7 +59,8 @@ def resources(plan: Plan, cpu_request: str, cpu_limit: str) -> dict:
 
 
 def isvc_tensorflow(plan: Plan) -> dict:
-    """(a) the SavedModel on KServe's TF-Serving runtime (v1 protocol: /v1/models/NAME:predict)."""
+    """(a) the TF-Serving repository's model (versions, warmup records) on KServe's TF-Serving
+    runtime (v1 protocol: /v1/models/NAME:predict)."""
     return {"apiVersion": ISVC, "kind": "InferenceService", "metadata": _meta(plan, f"{plan.name}-tf"),
             "spec": {"predictor": {"minReplicas": 1, "maxReplicas": plan.max_replicas, "model": {
                 "modelFormat": {"name": "tensorflow"}, "runtimeVersion": plan.tensorflow_version,

@@ -62,10 +62,9 @@ class SparkTarget(Target):
                                    "use --runtime onnxruntime")
         spec = PackageSpec(name=ctx.name, signature=ctx.signature, runtime=options.runtime, artifact=art.path.name,
                            source_file=ctx.model_path.name, model_sha256=ctx.model_sha256, kexport_version=__version__)
-        schema = render_package(dest, spec)
+        render_package(dest, spec)
         return Artifact(dest, notes=list(art.notes) + [f"scores {art.path.name} with {options.runtime} in mapInArrow"],
-                        extra={"runtime": options.runtime, "default_batch_size": schema["default_batch_size"],
-                               **art.extra})
+                        extra={"runtime": options.runtime, **art.extra})
 
 
 def _inner(options):

@@ -46,6 +46,7 @@ class TritonTarget(Target):
     runtimes = ("triton-config", "tritonserver")
     extra = "triton"
     requires = ("tritonclient", "google.protobuf", "onnx", "tf2onnx")
+    packages = ("tritonclient", "protobuf", "tf2onnx", "onnxruntime")
     Options = TritonOptions
 
     @classmethod

@@ -5,9 +5,9 @@ import com.google.gson.JsonElement;
 import com.google.gson.JsonObject;
 import com.google.gson.JsonParser;
 import java.io.BufferedReader;
+import java.io.File;
 import java.io.FileDescriptor;
 import java.io.FileOutputStream;
-import java.io.InputStream;
 import java.io.InputStreamReader;
 import java.io.PrintStream;
 import java.nio.charset.StandardCharsets;
@@ -16,7 +16,8 @@ import java.nio.file.Paths;
 import java.util.HashMap;
 import java.util.LinkedHashMap;
 import java.util.Map;
-import java.util.Properties;
+import java.util.jar.Attributes;
+import java.util.jar.JarFile;
 
 /**
  * kexport JVM runner: loads DL4J (Keras 2 HDF5) and ONNX models and predicts, for the parity check.
@@ -54,15 +55,16 @@ public final class Runner {
         new Runner().serve(new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8)), proto);
     }
 
+    /** The library versions from the runner jar's manifest (pom.xml writes them there). */
     private static Map<String, Object> versions() {
         Map<String, Object> out = new LinkedHashMap<>();
-        Properties p = new Properties();
-        try (InputStream in = Runner.class.getResourceAsStream("/kexport-jvm.properties")) {
-            if (in != null) p.load(in);
+        try (JarFile jar = new JarFile(new File(Runner.class.getProtectionDomain().getCodeSource().getLocation().toURI()))) {
+            Attributes a = jar.getManifest().getMainAttributes();
+            out.put("dl4j_version", a.getValue("Kexport-Dl4j-Version"));
+            out.put("onnxruntime_version", a.getValue("Kexport-Onnxruntime-Version"));
         } catch (Exception e) {
-            // versions are informative only
+            // versions are informative only (e.g. running from target/classes)
         }
-        for (String k : p.stringPropertyNames()) out.put(k.replace('.', '_'), p.getProperty(k));
         return out;
     }
 
