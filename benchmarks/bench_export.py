@@ -1,11 +1,20 @@
-"""kexport vs the vendor tools run one by one, on MobileNetV2 (224x224, weights=None).
+"""`kexport all` vs the five vendor conversions run one by one, MobileNetV2 224x224.
 
-    .venv/bin/python benchmarks/bench_export.py [--out docs/benchmarks_export.json]
+    .venv/bin/python benchmarks/bench_export.py [--pairs 3] [--sequential] [--json docs/benchmarks_export.json]
 
-Vendor path = what a user runs today, one fresh process per tool (each pays the TensorFlow
-import and the model load): TFLiteConverter.from_keras_model, Keras' own ONNX export,
-Keras' own SavedModel export. kexport = one `kexport` process for the same three targets,
-with and without verification. Wall-clock seconds; results go into docs/benchmarks.md.
+Vendor path = what a user runs today, one fresh process per tool, no verification: Keras'
+SavedModel export, TFLiteConverter.from_keras_model, the tf2onnx CLI and the tensorflowjs converter
+on the SavedModel of the first step (tf2onnx.from_keras breaks on Keras 3 models), coremltools on a
+traced tf.function (ct.convert(keras_model) breaks on Keras 3, a Keras SavedModel has several). kexport = one `kexport all` process: every
+registered target, every artifact verified in every runtime that runs here.
+
+Both paths run in the same invocation, interleaved (vendor, kexport, vendor, kexport, ...), so a
+shared machine's load hits both alike; the median of the per-pair ratios is reported.
+`--sequential` adds a third arm per pair: `kexport all` with the overlap of conversion and
+verification switched off (api.overlapped), the A/B of that change. Peak memory: the largest
+resident set of one vendor process vs the kexport process itself (its runtimes' processes, Node,
+Chromium, gunicorn, the JVM, are separate). Also the digits model's `kexport all` and its floor
+(TensorFlow import + model load). Writes the JSON and the table in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -14,6 +23,9 @@ import argparse
 import json
 import os
 import platform
+import re
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,37 +34,105 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
+DOC = ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- bench_export:begin -->", "<!-- bench_export:end -->"
 
-VENDOR = {
-    "tflite (TFLiteConverter.from_keras_model)": """
-import sys, keras, tensorflow as tf
-m = keras.models.load_model(sys.argv[1])
-open(sys.argv[2] + '/model.tflite', 'wb').write(tf.lite.TFLiteConverter.from_keras_model(m).convert())
-""",
-    "onnx (keras export format=onnx)": """
-import sys, numpy as np, keras
-m = keras.models.load_model(sys.argv[1])
-m.predict(np.zeros((1, 224, 224, 3), 'float32'), verbose=0)  # Keras 3.15 refuses a never-called model
-m.export(sys.argv[2] + '/model.onnx', format='onnx', verbose=False)
-""",
-    "saved-model (keras export format=tf_saved_model)": """
+# Each step: (name, argv template). {model} the .keras file, {w} this pair's work dir; the
+# SavedModel of the first step is the input of the steps that need one.
+VENDOR = [
+    ("SavedModel (keras export, format=tf_saved_model)", [PY, "-c", """
 import sys, keras
 m = keras.models.load_model(sys.argv[1])
 m.export(sys.argv[2] + '/saved_model', format='tf_saved_model', verbose=False)
-""",
-}
+""", "{model}", "{w}"]),
+    ("TFLite (TFLiteConverter.from_keras_model)", [PY, "-c", """
+import sys, keras, tensorflow as tf
+m = keras.models.load_model(sys.argv[1])
+open(sys.argv[2] + '/model.tflite', 'wb').write(tf.lite.TFLiteConverter.from_keras_model(m).convert())
+""", "{model}", "{w}"]),
+    ("ONNX (python -m tf2onnx.convert --saved-model)", [PY, "-m", "tf2onnx.convert", "--saved-model", "{w}/saved_model",
+                                                       "--output", "{w}/model.onnx", "--opset", "17"]),
+    ("CoreML (coremltools.convert of a traced tf.function, mlprogram)", [PY, "-c", """
+import sys, keras, tensorflow as tf, coremltools as ct
+m = keras.models.load_model(sys.argv[1])
+fn = tf.function(lambda x: m(x, training=False)).get_concrete_function(tf.TensorSpec(m.inputs[0].shape, m.inputs[0].dtype))
+ct.convert([fn], source='tensorflow', convert_to='mlprogram').save(sys.argv[2] + '/model.mlpackage')
+""", "{model}", "{w}"]),
+    ("TF.js (tensorflowjs_converter, tf_saved_model)", [str(Path(PY).parent / "tensorflowjs_converter"),
+                                                       "--input_format=tf_saved_model", "--signature_name=serving_default",
+                                                       "{w}/saved_model", "{w}/tfjs"]),
+]
+
+KEXPORT = """
+import json, resource, sys
+sequential = sys.argv[3] == '1'
+if sequential:
+    import kexport.api
+    kexport.api.overlapped = lambda options, targets: False
+from kexport.cli import main
+rc = main(['all', sys.argv[1], '-o', sys.argv[2], '--quiet'])
+open(sys.argv[2] + '.rss', 'w').write(json.dumps({'rc': rc, 'maxrss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+sys.exit(rc)
+"""
 
 
-def timed(cmd) -> tuple[float, int, str]:
+def run(argv: list[str]) -> dict:
+    """Wall seconds, exit code, peak RSS (MiB) of one child process (wait4: the child itself and
+    any child it waited for)."""
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
-    return time.perf_counter() - t0, res.returncode, res.stderr.strip().splitlines()[-1:] and res.stderr.strip().splitlines()[-1]
+    proc = subprocess.Popen(argv, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = proc.stderr.read().decode(errors="replace")
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    sec = time.perf_counter() - t0
+    last = [ln for ln in err.strip().splitlines() if ln.strip()][-1:] or [""]
+    return {"seconds": round(sec, 2), "rc": proc.returncode, "maxrss_mib": round(usage.ru_maxrss / 1024),
+            "error": None if proc.returncode == 0 else last[0][:300]}
 
 
-def main():
+def vendor_pass(model: Path, work: Path) -> dict:
+    work.mkdir(parents=True)
+    steps = {}
+    for name, argv in VENDOR:
+        steps[name] = run([a.format(model=model, w=work) for a in argv])
+        print(f"  vendor {name:52} {steps[name]['seconds']:7.1f}s {steps[name]['maxrss_mib']:6d} MiB"
+              + ("" if steps[name]["rc"] == 0 else f"  FAILED: {steps[name]['error']}"), flush=True)
+    return {"seconds": round(sum(s["seconds"] for s in steps.values()), 2),
+            "ok": all(s["rc"] == 0 for s in steps.values()),
+            "peak_mib": max(s["maxrss_mib"] for s in steps.values()), "steps": steps}
+
+
+def kexport_pass(model: Path, out: Path, sequential: bool = False) -> dict:
+    res = run([PY, "-c", KEXPORT, str(model), str(out), "1" if sequential else "0"])
+    rss = json.loads(Path(str(out) + ".rss").read_text()) if Path(str(out) + ".rss").exists() else {}
+    report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {"targets": [], "seconds": {}}
+    rows = [{"target": t["target"], "variant": t.get("variant"), "status": t["status"], "convert_s": t.get("seconds"),
+             "verify": {p["runtime"]: [p["status"], p.get("seconds")] for p in t.get("parity", [])}}
+            for t in report["targets"]]
+    label = "kexport all (sequential)" if sequential else "kexport all"
+    print(f"  {label:59} {res['seconds']:7.1f}s {round(rss.get('maxrss_kb', 0) / 1024):6d} MiB rc={res['rc']}", flush=True)
+    return {"seconds": res["seconds"], "rc": res["rc"], "error": res["error"],
+            "peak_mib": round(rss.get("maxrss_kb", 0) / 1024), "tree_peak_mib": res["maxrss_mib"],
+            "steps": report["seconds"], "rows": rows,
+            "statuses": {f"{r['target']}/{r['variant']}": r["status"] for r in rows}}
+
+
+def digits(work: Path) -> dict:
+    model = ROOT / "sample_models" / "digits_cnn.keras"
+    floor = run([PY, "-c", "import sys, keras; keras.models.load_model(sys.argv[1])", str(model)])
+    k = kexport_pass(model, work / "digits")
+    print(f"  digits: kexport all {k['seconds']:.1f}s, floor (TensorFlow import + model load) {floor['seconds']:.1f}s", flush=True)
+    return {"kexport_all_s": k["seconds"], "floor_s": floor["seconds"], "rc": k["rc"], "steps": k["steps"],
+            "statuses": k["statuses"]}
+
+
+def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks_export.json"))
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--sequential", action="store_true", help="a third arm: kexport all without the overlap")
+    ap.add_argument("--json", default=str(ROOT / "docs" / "benchmarks_export.json"))
+    ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from kexport.batchnorm_stats import application
@@ -60,33 +140,81 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="kexport-bench-"))
     model = work / "mobilenetv2.keras"
     application("MobileNetV2", (224, 224, 3)).save(model)
-    results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-               "load_average_before": os.getloadavg()[0], "vendor": {}, "kexport": {}}
-    for name, code in VENDOR.items():
-        d = tempfile.mkdtemp(dir=work)
-        sec, rc, err = timed([PY, "-c", code, str(model), d])
-        results["vendor"][name] = {"seconds": round(sec, 2), "ok": rc == 0, "error": None if rc == 0 else err}
-        print(f"{name:55} {sec:6.1f}s {'ok' if rc == 0 else 'FAILED: ' + str(err)}")
-    results["vendor_sum"] = round(sum(v["seconds"] for v in results["vendor"].values()), 2)
-    for label, extra in (("kexport saved-model+tflite+onnx, no verify", ["--no-verify"]),
-                         ("kexport saved-model+tflite+onnx, verified", [])):
-        out = work / label.replace(" ", "_").replace(",", "").replace("+", "_")
-        # kexport does all three in one process: `all` would include every registered target, so
-        # the three are requested through the API in one run.
-        code = ("import sys, kexport; r = kexport.export(sys.argv[1], ['saved-model','tflite','onnx'], sys.argv[2], "
-                f"verify={not extra}); print(r.seconds); sys.exit(r.exit_code)")
-        sec, rc, err = timed([PY, "-c", code, str(model), str(out)])
-        report = json.loads((out / "report.json").read_text())
-        results["kexport"][label] = {
-            "seconds": round(sec, 2), "ok": rc == 0,
-            "per_target_seconds": {t["target"]: t["seconds"] for t in report["targets"]},
-            "parity": {t["target"]: [(p["runtime"], p["status"], p["max_abs_err"]) for p in t["parity"]] for t in report["targets"]},
-            "steps": report["seconds"],
-        }
-        print(f"{label:55} {sec:6.1f}s")
-    results["load_average_after"] = os.getloadavg()[0]
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+           "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "uptime_before": _uptime(), "pairs": []}
+    for i in range(args.pairs):
+        print(f"pair {i + 1}/{args.pairs}  ({_uptime()})", flush=True)
+        pair = {"vendor": vendor_pass(model, work / f"vendor{i}"), "kexport": kexport_pass(model, work / f"kexport{i}")}
+        if args.sequential:
+            pair["kexport_sequential"] = kexport_pass(model, work / f"sequential{i}", sequential=True)
+        pair["ratio"] = round(pair["kexport"]["seconds"] / pair["vendor"]["seconds"], 3)
+        res["pairs"].append(pair)
+        shutil.rmtree(work / f"vendor{i}", ignore_errors=True)
+    res["digits"] = digits(work)
+    res["uptime_after"] = _uptime()
+    res["median_ratio"] = statistics.median(p["ratio"] for p in res["pairs"])
+    if args.sequential:
+        res["median_overlap_ratio"] = statistics.median(
+            p["kexport"]["seconds"] / p["kexport_sequential"]["seconds"] for p in res["pairs"])
+    Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+    table = render(res)
+    print(table)
+    if not args.no_doc:
+        text = DOC.read_text()
+        if BEGIN in text and END in text:
+            text = text[: text.index(BEGIN)] + table + text[text.index(END) + len(END):]
+        else:
+            text = text.rstrip() + "\n\n" + table + "\n"
+        DOC.write_text(text)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _uptime() -> str:
+    out = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    m = re.search(r"load average: (.*)$", out)
+    return f"load average {m.group(1)}" if m else out
+
+
+def render(res: dict) -> str:
+    """The generated part of docs/benchmarks.md."""
+    pairs = res["pairs"]
+    med = lambda xs: statistics.median(xs)  # noqa: E731
+    lines = [BEGIN, "", f"Measured {res['started']} on {res['machine']}; the machine was shared with other jobs: "
+             f"{res['uptime_before']} before, {res['uptime_after']} after. {len(pairs)} interleaved pairs.", "",
+             "| pair | vendor tools one by one, no verification (s) | `kexport all`, everything verified (s) | ratio |"
+             + (" `kexport all` without overlap (s) |" if "kexport_sequential" in pairs[0] else ""),
+             "| --- | --- | --- | --- |" + (" --- |" if "kexport_sequential" in pairs[0] else "")]
+    for i, p in enumerate(pairs, 1):
+        lines.append(f"| {i} | {p['vendor']['seconds']:.1f} | {p['kexport']['seconds']:.1f} | {p['ratio']:.2f} |"
+                     + (f" {p['kexport_sequential']['seconds']:.1f} |" if "kexport_sequential" in p else ""))
+    lines += ["", f"**Median ratio kexport / vendor: {res['median_ratio']:.2f}** (goal: 0.5 or less; "
+              + ("met" if res["median_ratio"] <= 0.5 else "not met") + ").", ""]
+    vpeak = med([p["vendor"]["peak_mib"] for p in pairs])
+    kpeak = med([p["kexport"]["peak_mib"] for p in pairs])
+    lines += [f"Peak memory (median over pairs): kexport process {kpeak} MiB; largest vendor process {vpeak} MiB "
+              f"(ratio {kpeak / vpeak:.2f}, goal 1.2 or less: {'met' if kpeak <= 1.2 * vpeak else 'not met'}).", ""]
+    lines += ["Vendor steps (median seconds, peak MiB):", "", "| step | seconds | peak MiB |", "| --- | --- | --- |"]
+    for name in pairs[0]["vendor"]["steps"]:
+        s = [p["vendor"]["steps"][name] for p in pairs]
+        ok = "" if all(x["rc"] == 0 for x in s) else f" (FAILED: {s[0]['error']})"
+        lines.append(f"| {name}{ok} | {med([x['seconds'] for x in s]):.1f} | {med([x['maxrss_mib'] for x in s])} |")
+    last = pairs[-1]["kexport"]
+    lines += ["", "`kexport all` steps of the last pair (report.json; with the overlap, conversion of one target "
+              "runs while the previous one is verified, so the steps add up to more than the wall time):", "",
+              "| target/variant | status | convert (s) | verification (runtime: status, s) |", "| --- | --- | --- | --- |"]
+    lines.append(f"| load model (incl. TensorFlow import) | | {last['steps'].get('load_model')} | |")
+    lines.append(f"| Keras reference | | {last['steps'].get('keras_reference')} | |")
+    for r in last["rows"]:
+        ver = ", ".join(f"{k}: {v[0]} {v[1]}" for k, v in r["verify"].items())
+        lines.append(f"| {r['target']}/{r['variant']} | {r['status']} | {r['convert_s']} | {ver} |")
+    d = res["digits"]
+    lines += ["", f"Digits model (sample_models/digits_cnn.keras): `kexport all` {d['kexport_all_s']:.1f} s wall; "
+              f"its floor, a process that imports TensorFlow and loads the model, {d['floor_s']:.1f} s.", ""]
+    if "median_overlap_ratio" in res:
+        lines += [f"Overlap A/B: `kexport all` with / without the overlap of conversion and verification, median "
+                  f"{res['median_overlap_ratio']:.2f}.", ""]
+    lines.append(END)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

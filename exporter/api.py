@@ -146,6 +146,8 @@ def export(model, targets=("all",), out_dir="kexport-out", *, options: ExportOpt
         check_thresholds(options.min_agreement, options.max_accuracy_drop)
     out = Path(out_dir)
     check_writable(out)
+    if Path(model).exists():
+        prestart(chosen, options)
     ctx = build_context(model, options, say)
     ctx.export_options = options  # calibration / eval data for quantized variants (exporter/quantize.py)
     try:
@@ -158,9 +160,7 @@ def export(model, targets=("all",), out_dir="kexport-out", *, options: ExportOpt
             versions=versions(), out_dir=str(out), seconds=dict(ctx.timings),
             allow_unverified=options.allow_unverified,
         )
-        for i, target in enumerate(chosen, 1):
-            say(f"[{i}/{len(chosen)}] {target.name}")
-            result.targets.extend(run_target(target, ctx, out, options, say))
+        result.targets.extend(run_targets(chosen, ctx, out, options, say))
         result.seconds["total"] = round(time.perf_counter() - run_t0, 3)
         _write_report_and_reference(out, ctx, result, previous)
     finally:
@@ -168,6 +168,27 @@ def export(model, targets=("all",), out_dir="kexport-out", *, options: ExportOpt
     if raise_on_failure and not result.ok:
         raise ParityError("export failed: " + " | ".join(result.failures()), result)
     return result
+
+
+def prestart(targets: list, options: ExportOptions) -> None:
+    """Start the runtimes' long-lived processes (Node, the JVM: `Runtime.prepare`) in a background
+    thread while TensorFlow imports and the model loads; their first session then finds them up."""
+    if not options.verify:
+        return
+    import threading
+
+    from .runtimes import get_runtime
+
+    names = list(dict.fromkeys(n for t in targets for n in t.runtimes))
+
+    def run():
+        for name in names:
+            try:
+                get_runtime(name).prepare()
+            except Exception:  # reported by available()/load() when the runtime is used  # noqa: BLE001
+                pass
+
+    threading.Thread(target=run, name="kexport-prestart", daemon=True).start()
 
 
 def _parameters(model) -> int | None:
@@ -257,30 +278,115 @@ def _tolerance(target, variant, topts, options: ExportOptions):
     return tol
 
 
+def overlapped(options: ExportOptions, targets: list) -> bool:
+    """Convert the next target while this one is verified? Not when latency is measured
+    (--benchmark, the variants' latency under --quantize): a conversion running beside the
+    timed calls would slow them down."""
+    return options.verify and not options.benchmark and not options.quantize and len(targets) > 1
+
+
+def run_targets(targets: list, ctx, out: Path, options: ExportOptions, say: Progress) -> list[TargetResult]:
+    """Every target in order, the rows in that order.
+
+    Overlapped: a worker thread converts target i+1 while this thread verifies target i (the
+    runtimes mostly work in their own processes: Node, Chromium, gunicorn, the LiteRT child, the
+    JVM). Verification, the swap into OUT/<target>/ and the rows happen here, in target order,
+    exactly as in the sequential loop; a converter's progress lines are replayed under its target's
+    heading. Runtimes bound to the thread that started them (Chromium through Playwright) stay on
+    this thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows: list[TargetResult] = []
+    if not overlapped(options, targets):
+        for i, target in enumerate(targets, 1):
+            say(f"[{i}/{len(targets)}] {target.name}")
+            rows.extend(run_target(target, ctx, out, options, say))
+        return rows
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kexport-convert") as pool:
+        def submit(target):
+            lines: list[str] = []
+            return pool.submit(convert_target, target, ctx, out, options, lines.append), lines
+
+        pending = submit(targets[0])
+        try:
+            for i, target in enumerate(targets, 1):
+                future, lines = pending
+                pending = None
+                converted = future.result()  # a UsageError from a preflight stops the run, as sequentially
+                if i < len(targets):
+                    pending = submit(targets[i])
+                say(f"[{i}/{len(targets)}] {target.name}")
+                for line in lines:
+                    say(line)
+                rows.extend(finish_target(converted, ctx, out, options, say))
+        finally:
+            if pending is not None:  # the run stopped early: discard what the worker converted meanwhile
+                try:
+                    discard(pending[0].result())
+                except BaseException:  # already failing; the first error is the one reported  # noqa: BLE001
+                    pass
+    return rows
+
+
+@dataclasses.dataclass
+class Converted:
+    """One target converted into its temp dir, not yet verified nor moved into place."""
+
+    target: object
+    topts: object
+    tmp: Path | None = None
+    produced: list = dataclasses.field(default_factory=list)  # (row, artifact | None) per variant
+    refused: TargetResult | None = None
+
+
 def run_target(target, ctx, out: Path, options: ExportOptions, say: Progress) -> list[TargetResult]:
     """One target: requirements -> preflight -> each variant (convert, verify) -> variant
     metrics -> the artifacts swapped into OUT/<target>/ (only when something converted)."""
+    return finish_target(convert_target(target, ctx, out, options, say), ctx, out, options, say)
+
+
+def convert_target(target, ctx, out: Path, options: ExportOptions, say: Progress) -> Converted:
+    """Requirements -> preflight -> each variant converted into a temp dir under `out`."""
     topts = options.for_target(target)
     refused = _refusal(target, ctx, topts)
     if refused:
-        return [refused]
+        return Converted(target, topts, refused=refused)
     tmp = Path(tempfile.mkdtemp(prefix=f".kexport-{target.name}-", dir=out))
-    final = out / target.name
+    rel = (out / target.name).relative_to(out)
     try:
-        produced = [_run_variant(target, ctx, tmp, final.relative_to(out), topts, options, variant, say)
-                    for variant in target.variants(topts)]
-        results = [row for row, _ in produced]
+        produced = [_convert_variant(target, ctx, tmp, rel, topts, variant, say) for variant in target.variants(topts)]
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Converted(target, topts, tmp, produced)
+
+
+def finish_target(conv: Converted, ctx, out: Path, options: ExportOptions, say: Progress) -> list[TargetResult]:
+    """Verify each converted variant -> variant metrics -> swap into OUT/<target>/ (only when
+    something converted; the verdicts are in the rows before anything is moved)."""
+    if conv.refused:
+        return [conv.refused]
+    target, topts, tmp = conv.target, conv.topts, conv.tmp
+    try:
+        for row, art in conv.produced:
+            if art is not None and options.verify:
+                _verify_variant(target, ctx, topts, options, row, art, say)
+        results = [row for row, _ in conv.produced]
         if options.quantize and options.verify and len(results) > 1:
             from .variant_metrics import measure_variants
 
-            built = [(row, art) for row, art in produced if art is not None]
+            built = [(row, art) for row, art in conv.produced if art is not None]
             measure_variants(target, ctx, options, built, tmp, say)  # size/speed/accuracy + the gate
         if any(r.artifact for r in results):
-            _swap_into_place(tmp, final)
+            _swap_into_place(tmp, out / target.name)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        discard(conv)
     return results
+
+
+def discard(conv: Converted) -> None:
+    if conv.tmp is not None and conv.tmp.exists():
+        shutil.rmtree(conv.tmp, ignore_errors=True)
 
 
 def _refusal(target, ctx, topts) -> TargetResult | None:
@@ -306,8 +412,14 @@ def _refusal(target, ctx, topts) -> TargetResult | None:
 
 def _run_variant(target, ctx, tmp: Path, rel: Path, topts, options: ExportOptions, variant: str, say: Progress):
     """(row, artifact | None) for one variant: convert into tmp, then verify."""
-    from .parity import check_artifact
+    row, art = _convert_variant(target, ctx, tmp, rel, topts, variant, say)
+    if art is not None and options.verify:
+        _verify_variant(target, ctx, topts, options, row, art, say)
+    return row, art
 
+
+def _convert_variant(target, ctx, tmp: Path, rel: Path, topts, variant: str, say: Progress):
+    """(row, artifact | None) for one variant converted into tmp (a failure is the row's status)."""
     v0 = time.perf_counter()
     row = TargetResult(target.name, variant)
     try:
@@ -328,16 +440,21 @@ def _run_variant(target, ctx, tmp: Path, rel: Path, topts, options: ExportOption
     if art.skip:
         row.extra["runtime_skip"] = art.skip
     say(f"    {variant}: converted in {row.seconds:.1f}s ({row.size_bytes} bytes)")
-    if options.verify:
-        tol = _tolerance(target, variant, topts, options)
-        row.parity = check_artifact(art, target.runtimes, ctx.inputs, ctx.outputs, tol)
-        row.parity += target.checks(ctx, art, topts, tol)
-        for p in row.parity:
-            say(f"    {variant} on {p.runtime}: {p.status}" + (f" ({p.reason})" if p.reason else ""))
-        mark_unverified(row)
-        if options.benchmark:
-            row.extra["benchmark"] = benchmark(art, row, ctx, say)
     return row, art
+
+
+def _verify_variant(target, ctx, topts, options: ExportOptions, row: TargetResult, art, say: Progress) -> None:
+    """Parity on each of the target's runtimes plus its checks(), into `row` (then --benchmark)."""
+    from .parity import check_artifact
+
+    tol = _tolerance(target, row.variant, topts, options)
+    row.parity = check_artifact(art, target.runtimes, ctx.inputs, ctx.outputs, tol)
+    row.parity += target.checks(ctx, art, topts, tol)
+    for p in row.parity:
+        say(f"    {row.variant} on {p.runtime}: {p.status}" + (f" ({p.reason})" if p.reason else ""))
+    mark_unverified(row)
+    if options.benchmark:
+        row.extra["benchmark"] = benchmark(art, row, ctx, say)
 
 
 def benchmark(art, row: TargetResult, ctx, say) -> dict:

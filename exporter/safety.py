@@ -379,12 +379,7 @@ def saved_model_violations(path) -> list[tuple[str, str]]:
     only in the save/restore functions that no signature reaches."""
     from tensorflow.core.protobuf import saved_model_pb2
 
-    pb = Path(path) / "saved_model.pb"
-    lim = limits()
-    size = pb.stat().st_size
-    if size > lim["graph_bytes"]:
-        raise _refuse(path, f"saved_model.pb holds {_size(size)}", f"(cap {_size(lim['graph_bytes'])})",
-                      "KEXPORT_MAX_GRAPH_MIB")
+    pb = _check_graph_size(path)
     sm = saved_model_pb2.SavedModel()
     try:
         sm.ParseFromString(pb.read_bytes())
@@ -392,6 +387,7 @@ def saved_model_violations(path) -> list[tuple[str, str]]:
         raise ModelLoadError(f"{pb}: not a readable SavedModel protobuf ({type(e).__name__}); re-export it with "
                              "tf.saved_model.save or model.export()") from e
     allowed = allowed_ops()
+    with_checkpoint_io = allowed | CHECKPOINT_OPS
     found: list[tuple[str, str]] = []
     for mg in sm.meta_graphs:
         nodes = {n.name: n for n in mg.graph_def.node}
@@ -404,15 +400,24 @@ def saved_model_violations(path) -> list[tuple[str, str]]:
         ckpt |= {f for name in _checkpoint_functions(mg) for f in _reach_fn(name, functions)}
         ckpt -= served  # a function the signatures reach is held to the strict list
         for node in mg.graph_def.node:
-            ok = allowed | (CHECKPOINT_OPS if f"node:{node.name}" in ckpt else frozenset())
-            if node.op not in ok:
+            if node.op not in (with_checkpoint_io if f"node:{node.name}" in ckpt else allowed):
                 found.append((node.op, f"graph node '{node.name}'"))
         for name, fn in functions.items():
-            ok = allowed | (CHECKPOINT_OPS if name in ckpt else frozenset())
+            ok = with_checkpoint_io if name in ckpt else allowed
             for n in fn.node_def:
                 if n.op not in ok:
                     found.append((n.op, f"function '{name}'"))
     return found
+
+
+def _check_graph_size(path) -> Path:
+    pb = Path(path) / "saved_model.pb"
+    lim = limits()
+    size = pb.stat().st_size
+    if size > lim["graph_bytes"]:
+        raise _refuse(path, f"saved_model.pb holds {_size(size)}", f"(cap {_size(lim['graph_bytes'])})",
+                      "KEXPORT_MAX_GRAPH_MIB")
+    return pb
 
 
 def _reach_fn(name: str, functions: dict) -> set[str]:
@@ -431,6 +436,7 @@ def check_saved_model(path, *, safe_mode: bool = True) -> None:
     """Refuse (exit 2) a SavedModel whose graphs hold ops with side effects, unless not safe_mode.
     Runs before `tf.saved_model.load`, which would run resource initializers, and before the
     reference outputs, which run the serving signature."""
+    _check_graph_size(path)  # a memory cap: in both modes
     if not safe_mode:
         return
     found = saved_model_violations(path)

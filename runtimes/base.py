@@ -45,6 +45,13 @@ class Runtime:
     def load(self, path: str, **options) -> Session:
         raise NotImplementedError
 
+    # Optional: start what this runtime keeps running between sessions (a Node process, the JVM)
+    # ahead of its first load(). `kexport all` calls it from a background thread while the model
+    # loads, so it must be safe off the verifying thread (not Chromium: Playwright is bound to the
+    # thread that started it). Errors are ignored here: available()/load() report them in the row.
+    def prepare(self) -> None:
+        return None
+
 
 _RUNTIMES: dict[str, Runtime] = {}
 

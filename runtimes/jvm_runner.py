@@ -216,6 +216,10 @@ class _Jvm(Runtime):
             return str(e)
         return None
 
+    def prepare(self):
+        if not (jvm_missing() or self.platform_missing()):
+            jvm_process()  # the shared JVM, reused by available() and every session
+
     @property
     def device(self) -> str | None:
         """What `kexport doctor` prints under an available runtime: the JVM and library versions."""

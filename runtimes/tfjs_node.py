@@ -256,6 +256,10 @@ class _TfjsNode(Runtime):
     def load(self, path, **options):
         return TfjsNodeSession(self.backend, str(path), options.get("format", "graph"), options.get("output_map"))
 
+    def prepare(self):
+        if not node_missing():
+            node_process(self.backend)  # the shared process, reused by available() and every session
+
 
 @register_runtime
 class TfjsNodeCpu(_TfjsNode):

@@ -77,6 +77,14 @@ def _build(name):
             return keras.Model(i, L.Dense(3, activation="softmax", dtype="float32", name="probs")(x))
         finally:
             keras.mixed_precision.set_global_policy("float32")
+    if name == "mobilenet_block":  # MobileNetV2-style block after in-model preprocessing
+        x = i = keras.Input((16, 16, 3), name="image")
+        x = L.Rescaling(1 / 127.5, offset=-1)(x)
+        x = L.DepthwiseConv2D(3, padding="same", use_bias=False)(x)
+        x = L.ReLU(6.0)(x)  # oneDNN: FusedDepthwiseConv2dNative with fused NoOp+Relu6
+        x = L.Conv2D(8, 3, activation="tanh")(x)  # oneDNN: _FusedConv2D with BiasAdd+Tanh
+        x = L.GlobalAveragePooling2D()(x)
+        return keras.Model(i, L.Dense(4, activation="softmax", name="probs")(x))
     raise KeyError(name)
 
 
@@ -145,6 +153,31 @@ def test_free_dims_default_size_and_verify(family, tmp_path):
 def test_bad_input_shape_is_a_usage_error(family, tmp_path, shapes):
     with pytest.raises(UsageError, match="--input-shape"):
         export(family("free_hw"), ["saved-model"], tmp_path, input_shapes=shapes)
+
+
+# ---- 1. artifacts independent of the converting CPU ---------------------------------------------
+
+@pytest.mark.parametrize("onednn", ["1", "0"])
+def test_mobilenet_block_same_on_any_cpu(family, tmp_path, onednn):
+    """TF_ENABLE_ONEDNN_OPTS must be set before TensorFlow is imported: a child process each."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json, sys, kexport\n"
+            "r = kexport.export(sys.argv[1], ['tfjs', 'tflite', 'onnx'], sys.argv[2])\n"
+            "print(json.dumps(r.to_json()['targets']))\n")
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-c", code, str(family("mobilenet_block")), str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    targets = json.loads(proc.stdout.strip().splitlines()[-1])
+    for t in targets:
+        assert t["status"] == "ok", (t["target"], t["error"])
+        for p in t["parity"]:
+            assert p["status"] in ("passed", "skipped"), (onednn, t["target"], p["runtime"], p["reason"])
+            if p["runtime"] in ("tfjs-node-cpu", "tfjs-node-wasm", "litert", "onnxruntime"):
+                assert p["status"] == "passed", (onednn, t["target"], p["runtime"], p["reason"])
 
 
 # ---- 3. reference inputs in the model's own range, noise floor --------------------------------
@@ -274,3 +307,70 @@ def test_mixed_float16_on_tflite(family, tmp_path):
 def test_parity_row_fields_reach_report_json():
     assert {"ill_conditioned", "ambiguous_top1", "samples", "input_shapes", "tolerance_note"} <= set(
         ParityRow("x", "passed").to_json())
+
+
+# ---- keras.applications: MobileNetV3Small without input_shape (free H x W, in-model Rescaling) --
+
+@pytest.fixture(scope="session")
+def mobilenet_v3_free(tmp_path_factory):
+    """MobileNetV3Small(weights=None) built without an input size: input (None, None, None, 3)."""
+    import keras
+
+    from kexport.batchnorm_stats import calibrate_batchnorm
+    from kexport.loader import signature_of
+
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV3Small(weights=None, input_shape=(None, None, 3), minimalistic=True)
+    sig = signature_of(model)
+    assert sig.inputs[0].shape == (None, None, None, 3) and sig.inputs[0].high == 255.0
+    calibrate_batchnorm(model, reference_inputs(sig, 8, sizes={sig.inputs[0].name: (96, 96, 3)})[sig.inputs[0].name])
+    path = tmp_path_factory.mktemp("mnv3") / "mobilenet_v3_small_free.keras"
+    model.save(path)
+    return path
+
+
+@pytest.mark.slow
+def test_mobilenet_v3_without_input_shape(mobilenet_v3_free, tmp_path):
+    # before: "internal error: ValueError: Exception encountered when calling DepthwiseConv2D.call()"
+    # (the free sizes were drawn as 1 x 1)
+    result = export(mobilenet_v3_free, ["tflite", "onnx"], tmp_path, samples=4)
+    assert_all_passed(result, ["tflite", "onnx"])
+    for t in result.targets:
+        for p in t.parity:
+            if p.status == "passed":
+                assert [s[next(iter(s))][:2] for s in p.input_shapes] == [[224, 224], [160, 160]]
+
+
+# ---- the rewrites are exact ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("eq,shapes", [
+    ("abc,cd->abd", [(2, 3, 4), (4, 5)]), ("abc,cde->abde", [(2, 3, 4), (4, 2, 3)]),
+    ("abcd,cde->abe", [(2, 3, 2, 4), (2, 4, 5)]), ("BTNH,BSNH->BNTS", [(2, 3, 2, 4), (2, 5, 2, 4)]),
+    ("BNTS,BSNH->BTNH", [(2, 2, 3, 5), (2, 5, 2, 4)]), ("aecd,abcd->acbe", [(2, 3, 2, 4), (2, 5, 2, 4)]),
+    ("ab,cb->ac", [(3, 4), (5, 4)]), ("abc,abd->dc", [(2, 3, 4), (2, 3, 5)]),
+])
+def test_einsum_lowering_is_exact(eq, shapes):
+    import tensorflow as tf
+
+    from kexport.rewrites import _einsum_matmul
+
+    rng = np.random.default_rng(0)
+    ops = [tf.constant(rng.standard_normal(s).astype(np.float32)) for s in shapes]
+    got = _einsum_matmul(tf, eq, ops)
+    assert got is not None
+    np.testing.assert_allclose(got.numpy(), tf.einsum(eq, *ops).numpy(), atol=1e-5)
+    assert _einsum_matmul(tf, "...c,cd->...d", ops) is None  # ellipsis: the original einsum
+
+
+@pytest.mark.parametrize("pool,strides,padding", [((2, 2, 2), None, "valid"), ((3, 2, 3), (2, 1, 2), "same"),
+                                                  ((1, 3, 3), (1, 2, 2), "valid"), ((2, 3, 2), (1, 1, 1), "same")])
+def test_pool3d_rewrite_is_exact(pool, strides, padding):
+    import tensorflow as tf
+
+    from kexport.rewrites import _pool3d
+
+    x = tf.constant(np.random.default_rng(1).standard_normal((2, 5, 7, 6, 3)).astype(np.float32))
+    s = pool if strides is None else strides
+    for ours, theirs in ((tf.nn.max_pool2d, tf.nn.max_pool3d), (tf.nn.avg_pool2d, tf.nn.avg_pool3d)):
+        want = theirs(x, pool, s, padding.upper()).numpy()
+        np.testing.assert_allclose(_pool3d(tf, x, pool, strides, padding, ours).numpy(), want, atol=1e-6)

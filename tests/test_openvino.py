@@ -86,9 +86,10 @@ def test_variants_measured_tolerances_and_gate(exports):
         assert (p.atol, p.rtol) == (tol.atol, tol.rtol)
         if variant != "fp32":
             assert row.extra["gate"]["status"] == "passed", row.extra["gate"]
-    fp32 = rows["fp32"].size_bytes
-    assert rows["float16"].size_bytes < 0.6 * fp32
-    assert rows["int8"].size_bytes < 0.4 * fp32
+    # the weights (model.bin) shrink; the graph (model.xml) grows by the decompression ops
+    weights = {v: (out / r.artifact / "model.bin").stat().st_size for v, r in rows.items()}
+    assert weights["float16"] < 0.55 * weights["fp32"], weights
+    assert weights["int8"] < 0.3 * weights["fp32"], weights
     assert "f16" in _weight_types(out / rows["float16"].artifact / "model.xml")
     assert {"u8", "i8"} & _weight_types(out / rows["int8"].artifact / "model.xml")
     # the variants really differ from fp32 (else the looser tolerance would hide nothing)
@@ -172,8 +173,8 @@ def test_hashing_refused_with_every_op_named(tmp_path):
     result = kexport.export(str(tmp_path / "hash.keras"), ["openvino"], tmp_path / "out")
     (row,) = result.targets
     assert row.status == "unsupported", (row.status, row.error)
-    assert row.error.startswith("target 'openvino' cannot take: TF op AsString (no conversion rule), "
-                                "TF op StringToHashBucketFast (no conversion rule) ("), row.error
+    assert row.error == ("target 'openvino' cannot take: TF op AsString (no conversion rule), "
+                         "TF op StringToHashBucketFast (no conversion rule)"), row.error
     assert not (tmp_path / "out" / "openvino").exists()
     assert result.exit_code == 1
 
@@ -192,3 +193,16 @@ def test_unconverted_ops_report_parsing():
         "TF op HashTableV2 (Variable or resource `hash_table` is not initialized, model is inconsistent)",
         "TF op LookupTableFindV2 (Unknown type)",
     ]
+
+
+def test_runtime_child_has_no_tensorflow(exports, digits_ctx):
+    from kexport.runtimes.isolated import IsolatedSession
+
+    result, out = exports("digits_cnn")
+    session = IsolatedSession("openvino-cpu", str(out / result.targets[0].artifact), {"inference_precision": "f32"})
+    try:
+        assert session.tensorflow_loaded is False
+        got = session.predict(digits_ctx.inputs)
+        assert set(got) == set(digits_ctx.outputs)
+    finally:
+        session.close()

@@ -87,6 +87,29 @@ def test_zip_ratio_cap_on_any_member(tmp_path):
         check_model_file(path)
 
 
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_weights_bomb_inside_a_keras_archive(tmp_path, compression):
+    """model.weights.h5 inside the archive: a gzip dataset declaring 1 GiB (Keras' own guard starts
+    at 4 GiB) is refused from its header, read in place (stored) or through the zip (deflated)."""
+    import h5py
+
+    weights = tmp_path / "w.h5"
+    with h5py.File(weights, "w") as f:
+        f.create_dataset("layers/dense/vars/0", shape=(1 << 28,), dtype="float32", chunks=(1 << 20,),
+                         compression="gzip")
+    path = tmp_path / "inner.keras"
+    with zipfile.ZipFile(SAMPLES / "wine_mlp.keras") as src, zipfile.ZipFile(path, "w", compression) as zf:
+        for name in src.namelist():
+            if name != "model.weights.h5":
+                zf.writestr(name, src.read(name))
+        zf.write(weights, "model.weights.h5")
+    from kexport.errors import ModelLoadError
+    from kexport.safety import check_model_file
+
+    with pytest.raises(ModelLoadError, match=r"member 'model.weights.h5': dataset 'layers/dense/vars/0' declares"):
+        check_model_file(path)
+
+
 def test_lying_zip_header_is_bounded(tmp_path):
     """config.json whose central directory claims 100 bytes but whose data inflates to 256 MiB:
     reading stops at the declared size and the member is reported corrupt."""

@@ -351,6 +351,71 @@ def test_slow_clients_do_not_starve_normal_requests(server, app_dir):
     assert any(not header_phase and b" 408 " in body[:20] for header_phase, body in events), "no slow body was cut off"
 
 
+def test_read_deadlines_per_phase(server):
+    """Headers of the first request: HEADER_TIMEOUT from the connect (408); a kept-alive
+    connection: closed quietly after KEEPALIVE idle, or 408 when its next request's headers
+    dribble past HEADER_TIMEOUT; a body dribbling past BODY_TIMEOUT: 408 from the app."""
+    def connect():
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=15)
+        return s
+
+    def read_all(s):
+        buf = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return buf
+            buf += chunk
+
+    def read_response(s):
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += s.recv(65536)
+        head, _, body = buf.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(body) < length:
+            body += s.recv(65536)
+        return head
+
+    t0 = time.monotonic()
+    with connect() as s:  # sends nothing at all
+        assert b" 408 " in read_all(s)[:20] and HEADER_TIMEOUT - 0.5 < time.monotonic() - t0 < HEADER_TIMEOUT + 3
+    with connect() as s:  # one good request, then silence: closed after KEEPALIVE (5 s), no answer
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b" 200 " in read_response(s)[:20]
+        t0 = time.monotonic()
+        assert read_all(s) == b"" and 4 < time.monotonic() - t0 < 9
+    with connect() as s:  # one good request, then the next one's headers a byte per 0.5 s
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b" 200 " in read_response(s)[:20]
+        s.settimeout(0.5)
+        got, t0 = b"", time.monotonic()
+        for byte in b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"a" * 100:
+            try:
+                s.send(bytes([byte]))
+                got += s.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if got:
+                break
+        assert b" 408 " in got[:20] and b"HEADER_TIMEOUT" in got, got[:200]
+        assert time.monotonic() - t0 < HEADER_TIMEOUT + 3
+    with connect() as s:  # a body a byte per 0.5 s: the app answers 408 after BODY_TIMEOUT
+        path = "/v1/models/" + urllib.parse.quote(HOSTILE, safe="") + ":predict"
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n".encode())
+        s.settimeout(0.5)
+        got, t0 = b"", time.monotonic()
+        while time.monotonic() - t0 < BODY_TIMEOUT + 5 and not got:
+            try:
+                s.send(b"[")
+                got = s.recv(65536)
+            except socket.timeout:
+                pass
+        assert b" 408 " in got[:20] and b"BODY_TIMEOUT" in got, got[:200]
+
+
 # ---------------------------------------------------------------- memory
 
 def _worker_pids(server):

@@ -315,10 +315,10 @@ def test_job_batch_size_does_not_change_results(multi, tmp_path):
     pkg = multi[1] / "spark"
     src, _ = _multi_table(tmp_path / "in.parquet", n=9)
     outs = []
-    for bs in (1, 4, 1000):
-        code, err = run_job(pkg, "--input", src, "--output", tmp_path / f"out{bs}", "--batch-size", bs)
+    for i, flags in enumerate((["--batch-size", 1], ["--batch-size", 4, "--predict-rows", 3], ["--batch-size", 1000])):
+        code, err = run_job(pkg, "--input", src, "--output", tmp_path / f"out{i}", *flags)
         assert code == 0, err
-        outs.append(read_sorted(tmp_path / f"out{bs}"))
+        outs.append(read_sorted(tmp_path / f"out{i}"))
     assert outs[0] == outs[1] == outs[2]
 
 

@@ -156,9 +156,11 @@ def test_shard_size_splits_weights(digits_quantized):
     assert max(f.stat().st_size for f in shards) <= 64 * 1024
 
 
-def test_node_start_and_latency_are_in_the_report(digits_quantized):
+def test_node_start_and_latency_are_in_the_report_with_benchmark(digits_quantized, tmp_path):
     _, out = digits_quantized
-    report = json.loads((out / "report.json").read_text())
+    assert "runtime_timing" not in json.loads((out / "report.json").read_text())["targets"][0]  # only when asked
+    kexport.export(str(SAMPLE_MODELS["digits_cnn"]), ["tfjs"], tmp_path, options=ExportOptions(benchmark=True))
+    report = json.loads((tmp_path / "report.json").read_text())
     timing = report["targets"][0]["runtime_timing"]
     for backend in ("tfjs-node-cpu", "tfjs-node-wasm"):
         t = timing[backend]
@@ -271,7 +273,8 @@ def test_mobilenet_v2_converts_and_passes_in_node_wasm(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("tfjs_mnv2")
     application("MobileNetV2", (96, 96, 3), alpha=0.35, seed=0).save(d / "mnv2.keras")
-    result = kexport.export(str(d / "mnv2.keras"), ["tfjs"], d / "out", options=ExportOptions(samples=4), verify=False)
+    result = kexport.export(str(d / "mnv2.keras"), ["tfjs"], d / "out", options=ExportOptions(samples=4, benchmark=True),
+                            verify=False)  # benchmark: the fp32 row's runtime_timing, checked below
     (row,) = result.targets
     assert row.status == "ok", row.error
     art = Artifact(d / "out" / row.artifact, runtime_options=row.extra["runtime_options"])

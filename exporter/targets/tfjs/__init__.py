@@ -126,7 +126,8 @@ class TfjsTarget(Target):
         art.extra["weight_shards"] = len([f for f in out.iterdir() if f.suffix == ".bin"])
         if variant == "fp32":
             ctx._cache["tfjs.fp32_bytes"] = size
-            art.extra["runtime_timing"] = self._timing(art, ctx)
+            if getattr(getattr(ctx, "export_options", None), "benchmark", False):  # latency only when asked
+                art.extra["runtime_timing"] = self._timing(art, ctx)
             if options.demo:
                 from .demo import write_demo
 
