@@ -286,45 +286,16 @@ def overlapped(options: ExportOptions, targets: list) -> bool:
 
 
 def run_targets(targets: list, ctx, out: Path, options: ExportOptions, say: Progress) -> list[TargetResult]:
-    """Every target in order, the rows in that order.
+    """Every target in order, the rows in that order: sequentially, or overlapped
+    (exporter/overlap.py: conversions in one worker thread, the runtimes' checks beside them)."""
+    if overlapped(options, targets):
+        from .overlap import run_overlapped
 
-    Overlapped: a worker thread converts target i+1 while this thread verifies target i (the
-    runtimes mostly work in their own processes: Node, Chromium, gunicorn, the LiteRT child, the
-    JVM). Verification, the swap into OUT/<target>/ and the rows happen here, in target order,
-    exactly as in the sequential loop; a converter's progress lines are replayed under its target's
-    heading. Runtimes bound to the thread that started them (Chromium through Playwright) stay on
-    this thread."""
-    from concurrent.futures import ThreadPoolExecutor
-
+        return run_overlapped(targets, ctx, out, options, say)
     rows: list[TargetResult] = []
-    if not overlapped(options, targets):
-        for i, target in enumerate(targets, 1):
-            say(f"[{i}/{len(targets)}] {target.name}")
-            rows.extend(run_target(target, ctx, out, options, say))
-        return rows
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kexport-convert") as pool:
-        def submit(target):
-            lines: list[str] = []
-            return pool.submit(convert_target, target, ctx, out, options, lines.append), lines
-
-        pending = submit(targets[0])
-        try:
-            for i, target in enumerate(targets, 1):
-                future, lines = pending
-                pending = None
-                converted = future.result()  # a UsageError from a preflight stops the run, as sequentially
-                if i < len(targets):
-                    pending = submit(targets[i])
-                say(f"[{i}/{len(targets)}] {target.name}")
-                for line in lines:
-                    say(line)
-                rows.extend(finish_target(converted, ctx, out, options, say))
-        finally:
-            if pending is not None:  # the run stopped early: discard what the worker converted meanwhile
-                try:
-                    discard(pending[0].result())
-                except BaseException:  # already failing; the first error is the one reported  # noqa: BLE001
-                    pass
+    for i, target in enumerate(targets, 1):
+        say(f"[{i}/{len(targets)}] {target.name}")
+        rows.extend(run_target(target, ctx, out, options, say))
     return rows
 
 
@@ -361,16 +332,18 @@ def convert_target(target, ctx, out: Path, options: ExportOptions, say: Progress
     return Converted(target, topts, tmp, produced)
 
 
-def finish_target(conv: Converted, ctx, out: Path, options: ExportOptions, say: Progress) -> list[TargetResult]:
+def finish_target(conv: Converted, ctx, out: Path, options: ExportOptions, say: Progress,
+                  verdicts: list | None = None) -> list[TargetResult]:
     """Verify each converted variant -> variant metrics -> swap into OUT/<target>/ (only when
-    something converted; the verdicts are in the rows before anything is moved)."""
+    something converted; the verdicts are in the rows before anything is moved). `verdicts`:
+    per variant, its parity rows when they were computed elsewhere (exporter/overlap.py)."""
     if conv.refused:
         return [conv.refused]
     target, topts, tmp = conv.target, conv.topts, conv.tmp
     try:
-        for row, art in conv.produced:
+        for (row, art), parity in zip(conv.produced, verdicts or [None] * len(conv.produced)):
             if art is not None and options.verify:
-                _verify_variant(target, ctx, topts, options, row, art, say)
+                _verify_variant(target, ctx, topts, options, row, art, say, parity)
         results = [row for row, _ in conv.produced]
         if options.quantize and options.verify and len(results) > 1:
             from .variant_metrics import measure_variants
@@ -443,13 +416,16 @@ def _convert_variant(target, ctx, tmp: Path, rel: Path, topts, variant: str, say
     return row, art
 
 
-def _verify_variant(target, ctx, topts, options: ExportOptions, row: TargetResult, art, say: Progress) -> None:
+def _verify_variant(target, ctx, topts, options: ExportOptions, row: TargetResult, art, say: Progress,
+                    parity: list | None = None) -> None:
     """Parity on each of the target's runtimes plus its checks(), into `row` (then --benchmark)."""
     from .parity import check_artifact
 
-    tol = _tolerance(target, row.variant, topts, options)
-    row.parity = check_artifact(art, target.runtimes, ctx.inputs, ctx.outputs, tol)
-    row.parity += target.checks(ctx, art, topts, tol)
+    if parity is None:
+        tol = _tolerance(target, row.variant, topts, options)
+        parity = check_artifact(art, target.runtimes, ctx.inputs, ctx.outputs, tol)
+        parity += target.checks(ctx, art, topts, tol)
+    row.parity = parity
     for p in row.parity:
         say(f"    {row.variant} on {p.runtime}: {p.status}" + (f" ({p.reason})" if p.reason else ""))
     mark_unverified(row)

@@ -38,6 +38,9 @@ class Runtime:
     isolate: bool = False
     # How to get it, shown by `kexport doctor` and in skipped rows.
     install_hint: str = ""
+    # Usable only from the thread that started it (Playwright's sync API): `kexport all` runs its
+    # checks on the main thread instead of beside the conversions (exporter/overlap.py).
+    thread_bound: bool = False
 
     def available(self) -> str | None:
         return None

@@ -272,6 +272,7 @@ def _one_line(e: BaseException, console: list[str]) -> str:
 class TfjsChromium(Runtime):
     name = "tfjs-chromium"
     install_hint = INSTALL_HINT
+    thread_bound = True  # Playwright's sync API: the browser lives on the thread that launched it
 
     def available(self):
         reason = chromium_missing()
