@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import tempfile
 import time
 import uuid
 from importlib import metadata
@@ -24,6 +23,7 @@ from . import __version__
 from .errors import KexportError, ParityError, UsageError
 from .options import ExportOptions
 from .report import REPORT_NAME, ExportResult, TargetResult, load_report
+from .scratch import owner_tag, sweep, temp_dir
 
 REFERENCE_DIR = "reference"
 CORE_PACKAGES = ("tensorflow", "keras", "tf_keras", "numpy")  # the reference; targets declare theirs
@@ -146,6 +146,7 @@ def export(model, targets=("all",), out_dir="kexport-out", *, options: ExportOpt
         check_thresholds(options.min_agreement, options.max_accuracy_drop)
     out = Path(out_dir)
     check_writable(out)
+    sweep(out)  # OUT/.kexport-* left by a killed run (their owner process is gone)
     if Path(model).exists():
         prestart(chosen, options)
     ctx = build_context(model, options, say)
@@ -222,7 +223,7 @@ def _write_report_and_reference(out: Path, ctx, result, previous: list[dict]) ->
     from .digest import tree_sha256
     from .parity import save_conditioning
 
-    tmp = Path(tempfile.mkdtemp(prefix=".kexport-ref-", dir=out))
+    tmp = temp_dir(".kexport-ref-", dir=out)
     np.savez(tmp / "inputs.npz", **ctx.inputs)
     np.savez(tmp / "outputs.npz", **ctx.outputs)
     save_conditioning(tmp, ctx.outputs)
@@ -263,7 +264,7 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
     """Replace `final` by `tmp` so that a reader sees either the old or the new one, never half."""
     old = None
     if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        old = final.with_name(f".kexport-old-{final.name}-{owner_tag()}{uuid.uuid4().hex[:8]}")  # swept if killed
         final.rename(old)
     tmp.rename(final)
     if old is not None:
@@ -322,7 +323,7 @@ def convert_target(target, ctx, out: Path, options: ExportOptions, say: Progress
     refused = _refusal(target, ctx, topts)
     if refused:
         return Converted(target, topts, refused=refused)
-    tmp = Path(tempfile.mkdtemp(prefix=f".kexport-{target.name}-", dir=out))
+    tmp = temp_dir(f".kexport-{target.name}-", dir=out)
     rel = (out / target.name).relative_to(out)
     try:
         produced = [_convert_variant(target, ctx, tmp, rel, topts, variant, say) for variant in target.variants(topts)]

@@ -171,6 +171,9 @@ def _quiet_libraries(debug: bool):
     if not debug:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+        # coremltools draws tqdm progress bars and has no switch of its own (apple/coremltools#1144,
+        # #1815); tqdm reads TQDM_DISABLE when it is first imported, which is after this line
+        os.environ.setdefault("TQDM_DISABLE", "1")
         import logging
         import warnings
 

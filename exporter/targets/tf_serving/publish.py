@@ -124,6 +124,7 @@ def export_repository(model, repo, options: TFServingOptions | None = None, expo
     from ... import __version__
     from ...api import build_context, ensure_writable, run_target, versions
     from ...report import ExportResult
+    from ...scratch import sweep, temp_dir
     from ..base import get_target
     from .proto import check_model_name
 
@@ -136,6 +137,7 @@ def export_repository(model, repo, options: TFServingOptions | None = None, expo
     check_options(options)
     created_repo = not repo.exists()
     ensure_writable(repo)
+    sweep(repo)
     tmp = ctx = None
     published = False
     try:
@@ -143,7 +145,7 @@ def export_repository(model, repo, options: TFServingOptions | None = None, expo
         topts = replace(options, name=name, version=version, repository=str(repo))
         ctx = build_context(model, eopts, say)
         ctx.export_options = eopts
-        tmp = Path(tempfile.mkdtemp(prefix=".kexport-tf-serving-", dir=repo))
+        tmp = temp_dir(".kexport-tf-serving-", dir=repo)  # named after this process: a later run sweeps it if killed
         result = ExportResult(__version__, {"path": str(model), "sha256": ctx.model_sha256, **ctx.signature.to_json()},
                               versions=versions(), seconds=dict(ctx.timings))
         target = get_target("tf-serving")
