@@ -134,12 +134,14 @@ def main() -> None:
     ap.add_argument("--json", default=str(ROOT / "docs" / "benchmarks_export.json"))
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT))
-    from kexport.batchnorm_stats import application
-
     work = Path(tempfile.mkdtemp(prefix="kexport-bench-"))
     model = work / "mobilenetv2.keras"
-    application("MobileNetV2", (224, 224, 3)).save(model)
+    # In a child: this process must stay small. A child's peak RSS (wait4, RUSAGE_SELF) starts
+    # from its parent's resident set at fork, so a parent holding TensorFlow would inflate every one.
+    made = run([PY, "-c", "import sys; from kexport.batchnorm_stats import application; "
+                "application('MobileNetV2', (224, 224, 3)).save(sys.argv[1])", str(model)])
+    if made["rc"] != 0:
+        raise SystemExit(f"could not build MobileNetV2: {made['error']}")
     res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
            "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "uptime_before": _uptime(), "pairs": []}
     for i in range(args.pairs):
@@ -150,15 +152,24 @@ def main() -> None:
         pair["ratio"] = round(pair["kexport"]["seconds"] / pair["vendor"]["seconds"], 3)
         res["pairs"].append(pair)
         shutil.rmtree(work / f"vendor{i}", ignore_errors=True)
-    res["digits"] = digits(work)
+        for d in work.glob("*"):
+            if d.is_dir():
+                shutil.rmtree(d, ignore_errors=True)
+        if i == 0:
+            res["digits"] = digits(work)  # once, after the first pair
+        write(res, args)  # after every pair: a cut-short run still leaves its numbers
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def write(res: dict, args) -> None:
     res["uptime_after"] = _uptime()
     res["median_ratio"] = statistics.median(p["ratio"] for p in res["pairs"])
-    if args.sequential:
-        res["median_overlap_ratio"] = statistics.median(
-            p["kexport"]["seconds"] / p["kexport_sequential"]["seconds"] for p in res["pairs"])
+    if "kexport_sequential" in res["pairs"][0]:
+        res["median_overlap_ratio"] = round(statistics.median(
+            p["kexport"]["seconds"] / p["kexport_sequential"]["seconds"] for p in res["pairs"]), 3)
     Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
     table = render(res)
-    print(table)
+    print(table, flush=True)
     if not args.no_doc:
         text = DOC.read_text()
         if BEGIN in text and END in text:
@@ -166,7 +177,6 @@ def main() -> None:
         else:
             text = text.rstrip() + "\n\n" + table + "\n"
         DOC.write_text(text)
-    shutil.rmtree(work, ignore_errors=True)
 
 
 def _uptime() -> str:

@@ -8,7 +8,10 @@ float16/int8 variants; errors and sizes are the report's own (parity against Ker
 seeded reference inputs). Latency: one child process without TensorFlow loads every artifact
 (OpenVINO fp32/float16/int8 on the CPU device at f32 precision, onnxruntime CPU, LiteRT with its
 default XNNPACK delegate), all with 1 thread, then times single-sample calls in interleaved
-rounds (median), so load from other processes on a shared machine hits every runtime alike.
+rounds (median), so load from other processes on a shared machine hits every runtime alike. On
+a CPU with bf16 instructions the OpenVINO fp32 IR is also timed at the CPU plugin's default
+precision (bf16), with its error on the reference inputs: what a deployment gets without the
+f32 hint.
 Results: OUT_DIR/bench_openvino.json and markdown tables on stdout (copied into docs/openvino.md).
 """
 
@@ -27,7 +30,15 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 SAMPLES = ["digits_cnn", "wine_mlp", "token_lstm", "two_in_two_out", "iris_keras2"]
 THREADS = 1
+BF16 = False  # set in the worker
 BUDGET_S = 3.0  # timing budget per artifact
+
+
+def _bf16_cpu() -> bool:
+    """The CPU plugin's default precision is bf16 only where the CPU has bf16 instructions."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def mobilenet(out: Path) -> Path:
@@ -82,15 +93,21 @@ def _worker(spec_path: str) -> None:
     sys.stdout = sys.stderr
     from kexport.runtimes import get_runtime
 
+    global BF16
+    BF16 = _bf16_cpu()
     spec = json.loads(Path(spec_path).read_text())
     with np.load(spec["sample"], allow_pickle=False) as z:
         sample = {k: z[k][:1] for k in z.files}
-    sessions = []
+    sessions, bf16_err = [], None
     for label, runtime, path in spec["artifacts"]:
         opts = {"num_threads": THREADS}
         if runtime == "openvino-cpu":
             opts["inference_precision"] = "f32"
         sessions.append((label, get_runtime(runtime).load(path, **opts)))
+        if label == "openvino/fp32" and BF16:  # what a deployment without the f32 hint runs
+            bf16 = get_runtime(runtime).load(path, num_threads=THREADS, inference_precision="bf16")
+            sessions.append(("openvino/fp32@bf16", bf16))
+            bf16_err = _max_err(bf16, Path(spec["sample"]).parent)
     for _, s in sessions:  # warm-up
         for _ in range(5):
             s.predict(sample)
@@ -104,7 +121,16 @@ def _worker(spec_path: str) -> None:
         rounds += 1
     assert "tensorflow" not in sys.modules
     print(json.dumps({"ms": {k: round(float(np.median(v)) * 1e3, 4) for k, v in times.items()},
-                      "rounds": rounds, "threads": THREADS}), file=out)
+                      "rounds": rounds, "threads": THREADS, "bf16_max_abs_err": bf16_err}), file=out)
+
+
+def _max_err(session, reference: Path) -> float:
+    with np.load(reference / "inputs.npz", allow_pickle=False) as z:
+        inputs = {k: z[k] for k in z.files}
+    with np.load(reference / "outputs.npz", allow_pickle=False) as z:
+        outputs = {k: z[k] for k in z.files}
+    got = session.predict(inputs)
+    return max(float(np.abs(got[k].astype(np.float64) - outputs[k]).max()) for k in outputs)
 
 
 def main(out: Path) -> None:
@@ -137,6 +163,10 @@ def table(results: dict) -> str:
             rel = "—" if r["max_rel_err"] is None else f"{r['max_rel_err']:.2g}"
             lines.append(f"| {name} | {key} ({r['parity']}) | {err} | {rel} | {r['size_bytes']} | "
                          f"{'—' if ms is None else f'{ms:.3f}'} |")
+            bf16 = res["latency"]["ms"].get(key + "@bf16")
+            if bf16 is not None:
+                lines.append(f"| {name} | {key}, bf16 CPU default (not verified) | "
+                             f"{res['latency']['bf16_max_abs_err']:.2g} | | | {bf16:.3f} |")
     return "\n".join(lines)
 
 

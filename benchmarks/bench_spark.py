@@ -12,6 +12,8 @@ own child process with a fresh SparkSession:
 * executor start-up: a 2-row table in 2 partitions scored and discarded, so both Python workers
   start and load the model (kexport: onnxruntime on the ONNX file; MLflow: TensorFlow + Keras);
 * throughput: the whole table scored and written, rows per second of wall time;
+* CPU seconds of the whole run (driver, JVM, Python workers; user + system), and rows per CPU
+  second: on a shared machine wall time depends on the other load, the work done does not;
 * peak memory: the child's process tree (driver Python, JVM, Python workers) sampled every 0.2 s.
 
 MLflow runs from its own virtualenv (`--mlflow-python`, default /tmp/mlflow-spark-venv/bin/python:
@@ -57,6 +59,25 @@ def _session(batch: int):
     return spark
 
 
+def tree_cpu_s() -> dict:
+    """CPU seconds (user + system) used so far by this process, the JVM and the Python workers:
+    a measure of work that, unlike wall time, does not depend on what else the machine runs."""
+    import psutil
+
+    me = psutil.Process()
+    out = {"total": 0.0, "jvm": 0.0, "python_workers": 0.0}
+    for p in [me] + me.children(recursive=True):
+        try:
+            t = p.cpu_times()
+            kind = "jvm" if "java" in (p.cmdline() or [""])[0] else "python_workers" if p.pid != me.pid else None
+        except psutil.Error:
+            continue
+        out["total"] += t.user + t.system
+        if kind:
+            out[kind] += t.user + t.system
+    return out
+
+
 def child(engine: str, model: str, data: str, warm: str, out: str, batch: int, column: str, shape: list) -> dict:
     import warnings
 
@@ -87,12 +108,19 @@ def child(engine: str, model: str, data: str, warm: str, out: str, batch: int, c
     t = time.perf_counter()
     run(warm, out + "-warm")
     res["executor_startup_s"] = time.perf_counter() - t
+    cpu = tree_cpu_s()
     t = time.perf_counter()
     run(data, out)
     res["score_s"] = time.perf_counter() - t
+    after = tree_cpu_s()
+    res["cpu_s"] = after["total"] - cpu["total"]
+    res["cpu_jvm_s"] = after["jvm"] - cpu["jvm"]
+    res["cpu_python_workers_s"] = after["python_workers"] - cpu["python_workers"]
     res["rows"] = rows
     res["rows_per_s"] = rows / res["score_s"]
+    res["rows_per_cpu_s"] = rows / res["cpu_s"]
     res["output_rows"] = spark.read.parquet(out).count()
+    res["load_avg_1m"] = os.getloadavg()[0]  # the machine's load while this engine ran
     spark.stop()
     return res
 
@@ -261,23 +289,29 @@ def bench_model(name: str, rows: int, work: Path, mlflow_python: str | None) -> 
     k, m = r["kexport"], r["mlflow"]
     if "rows_per_s" in k and "rows_per_s" in m:
         r["speedup"] = round(k["rows_per_s"] / m["rows_per_s"], 2)
+        r["speedup_per_cpu_s"] = round(k["rows_per_cpu_s"] / m["rows_per_cpu_s"], 2)
     print(json.dumps({name: r}, indent=1), flush=True)
     return r
 
 
 def markdown(results: dict) -> str:
-    lines = ["| model | rows | engine | rows/s | session start s | executor start-up s | peak memory MB "
-             "(total / JVM / Python workers) | speed-up |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | rows | engine | rows/s (wall) | CPU-s (JVM / Python workers) | rows per CPU-s | session start s | "
+             "executor start-up s | peak memory MB (total / JVM / Python workers) | speed-up: wall, per CPU-s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results["models"].items():
         for engine, label in (("kexport", "kexport job (onnxruntime, mapInArrow)"),
                               ("mlflow", "mlflow.pyfunc.spark_udf (Keras/TensorFlow)")):
             e = r[engine]
             if "skipped" in e:
-                lines.append(f"| {name} | {r['rows']} | {label} | skipped: {e['skipped']} | | | | |")
+                lines.append(f"| {name} | {r['rows']} | {label} | skipped: {e['skipped']} | | | | | | |")
                 continue
             pm = e["peak_memory"]
-            speed = f"{r['speedup']}x" if engine == "kexport" and "speedup" in r else ""
-            lines.append(f"| {name} | {e['rows']} | {label} | {e['rows_per_s']:.0f} | {e['session_start_s']:.1f} | "
+            speed = f"{r['speedup']}x, {r.get('speedup_per_cpu_s', '-')}x" if engine == "kexport" and "speedup" in r else ""
+            per_cpu = f"{e['rows_per_cpu_s']:.0f}" if "rows_per_cpu_s" in e else "-"
+            cpu = f"{e['cpu_s']:.1f} ({e.get('cpu_jvm_s', 0):.1f} / {e.get('cpu_python_workers_s', 0):.1f})" \
+                if "cpu_s" in e else "-"
+            lines.append(f"| {name} | {e['rows']} | {label} | {e['rows_per_s']:.1f} | {cpu} | {per_cpu} | "
+                         f"{e['session_start_s']:.1f} | "
                          f"{e['executor_startup_s']:.1f} | {pm['total_mb']} / {pm['jvm_mb']} / {pm['python_workers_mb']} "
                          f"| {speed} |")
     m = results["machine"]

@@ -9,9 +9,10 @@ qemu, the JVM, Spark), so it can run beside the conversions instead of after eac
   to a small pool of verifier threads;
 - a runtime bound to the thread that started it (Chromium through Playwright:
   `Runtime.thread_bound`) is checked on this thread, while it waits for the next conversion;
-- then, in target order: the rows take their verdicts, the progress lines are replayed as the
-  sequential loop prints them, and a target is swapped into OUT/<target>/ only after all its
-  verdicts are in. Rows and report are the same as the sequential loop's (tests/test_overlap.py).
+- then, in target order, as soon as a target's verdicts are all in: its rows take them, its
+  progress lines are printed as the sequential loop prints them, and it is swapped into
+  OUT/<target>/ (never before its verdicts). Rows and report are the same as the sequential
+  loop's (tests/test_overlap.py).
 
 Nothing is checked less: each runtime gets exactly the call `check_artifact` would make.
 """
@@ -19,11 +20,11 @@ Nothing is checked less: each runtime gets exactly the call `check_artifact` wou
 from __future__ import annotations
 
 import functools
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 # Checks in flight beside the conversion. Most wait on another process, so a few more than the
 # cores keeps them busy; more mostly adds memory (in-process runtimes hold a model each).
-VERIFY_THREADS = 3
+VERIFY_THREADS = 4
 
 
 def run_overlapped(targets: list, ctx, out, options, say) -> list:
@@ -38,20 +39,40 @@ def run_overlapped(targets: list, ctx, out, options, say) -> list:
     on_this_thread: list = []
     submitted = []  # (Converted, lines, per variant: [futures of parity-row lists] | None)
     rows: list = []
-    try:
-        for future, lines in conversions:
-            while on_this_thread and not future.done():
-                on_this_thread.pop(0)()
-            conv = future.result()  # a UsageError from a preflight stops the run, as sequentially
-            submitted.append((conv, lines, _submit(conv, ctx, options, verify_pool, on_this_thread)))
-        while on_this_thread:
-            on_this_thread.pop(0)()
-        for i, (conv, lines, pending) in enumerate(submitted, 1):
-            say(f"[{i}/{len(targets)}] {conv.target.name}")
+    finished = 0  # targets whose rows are in (and artifacts moved into place), in order
+
+    def unfinished_jobs() -> list:
+        return [] if finished == len(submitted) else [j for jobs in submitted[finished][2] if jobs for j in jobs]
+
+    def finish_ready(block: bool) -> None:
+        """Finish targets in order, as far as their verdicts are in (all of them when `block`):
+        progress lines appear as the checks complete, in the sequential loop's order."""
+        nonlocal finished
+        while finished < len(submitted):
+            if not block and not all(j.done() for j in unfinished_jobs()):
+                return
+            conv, lines, pending = submitted[finished]
+            say(f"[{finished + 1}/{len(targets)}] {conv.target.name}")
             for line in lines:
                 say(line)
             verdicts = [None if jobs is None else [row for job in jobs for row in job.result()] for jobs in pending]
             rows.extend(finish_target(conv, ctx, out, options, say, verdicts))
+            finished += 1
+
+    try:
+        for future, lines in conversions:
+            while not future.done():
+                if on_this_thread:
+                    on_this_thread.pop(0)()
+                else:
+                    wait([future, *(j for j in unfinished_jobs() if not j.done())], return_when=FIRST_COMPLETED)
+                finish_ready(block=False)
+            conv = future.result()  # a UsageError from a preflight stops the run, as sequentially
+            submitted.append((conv, lines, _submit(conv, ctx, options, verify_pool, on_this_thread)))
+            finish_ready(block=False)
+        while on_this_thread:
+            on_this_thread.pop(0)()
+        finish_ready(block=True)
     finally:
         for future, _ in conversions:
             future.cancel()

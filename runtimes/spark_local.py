@@ -37,7 +37,8 @@ def java_problem() -> str | None:
     """None when a Java 17+ runtime answers, else why not."""
     java = Path(os.environ["JAVA_HOME"]) / "bin" / "java" if os.environ.get("JAVA_HOME") else shutil.which("java")
     if not java or not Path(java).exists():
-        return "no Java runtime (java not on PATH, JAVA_HOME unset); Spark 4 needs Java 17+ (apt-get install openjdk-17-jre-headless)"
+        where = f"JAVA_HOME has no {java}" if java else "java not on PATH, JAVA_HOME unset"
+        return f"no Java runtime ({where}); Spark 4 needs Java 17+ (apt-get install openjdk-17-jre-headless)"
     try:
         out = subprocess.run([str(java), "-version"], capture_output=True, text=True, timeout=30).stderr
     except (OSError, subprocess.TimeoutExpired) as e:

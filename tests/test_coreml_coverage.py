@@ -76,15 +76,15 @@ def families():
         return keras.Model(i, L.Flatten(name="y")(x))
 
     def acts():
-        x = i = keras.Input((10,), name="x")
-        for a in ("relu", "relu6", "sigmoid", "tanh", "softplus", "softsign", "elu", "selu", "gelu", "swish",
-                  "hard_sigmoid", "hard_swish", "mish", "exponential", "leaky_relu", "log_softmax", "silu"):
-            x = L.Dense(10, activation=a, kernel_initializer=keras.initializers.RandomNormal(stddev=0.3))(x)
-        x = L.LeakyReLU(0.1)(x)
-        x = L.PReLU(alpha_initializer=keras.initializers.Constant(0.2))(x)
-        x = L.ELU()(x)
-        x = L.ReLU(max_value=4.0, threshold=0.1, negative_slope=0.05)(x)
-        return keras.Model(i, L.Softmax(name="y")(x))
+        # parallel branches, not a chain: 20 squashing layers in a row flatten the output
+        i = keras.Input((10,), name="x")
+        x = L.Dense(10)(i)
+        branches = [L.Dense(4, activation=a)(x) for a in (
+            "relu", "relu6", "sigmoid", "tanh", "softplus", "softsign", "elu", "selu", "gelu", "swish",
+            "hard_sigmoid", "hard_swish", "mish", "exponential", "leaky_relu", "log_softmax", "silu")]
+        branches += [L.LeakyReLU(0.1)(x), L.PReLU(alpha_initializer=keras.initializers.Constant(0.2))(x), L.ELU()(x),
+                     L.ReLU(max_value=4.0, threshold=0.1, negative_slope=0.05)(x), L.Softmax()(x)]
+        return keras.Model(i, L.Concatenate(name="y")(branches))
 
     def recurrent():
         x = i = keras.Input((5, 4), name="x")

@@ -443,14 +443,15 @@ def _submit_env() -> dict:
 
 
 def test_spark_submit_command_line(multi, tmp_path):
-    """The documented command, as a user runs it: spark-submit score.py (a JVM of its own)."""
+    """The documented command, as a user runs it: spark-submit score.py (a JVM of its own), with
+    the job's --master, then without one (spark-submit's default, local[*])."""
     submit = Path(sys.executable).with_name("spark-submit")
     if not submit.exists():
         pytest.skip(f"{submit} not found (pip install 'kexport[spark]')")
     pkg = multi[1] / "spark"
     src, x = _multi_table(tmp_path / "in.parquet", n=5)
-    proc = subprocess.run([str(submit), "--master", "local[2]", "score.py", "--input", str(src),
-                           "--output", str(tmp_path / "out"), "--batch-size", "2"],
+    proc = subprocess.run([str(submit), "score.py", "--input", str(src), "--output", str(tmp_path / "out"),
+                           "--batch-size", "2", "--master", "local[2]"],
                           cwd=pkg, env=_submit_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = read_sorted(tmp_path / "out")

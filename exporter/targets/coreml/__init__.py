@@ -18,7 +18,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...errors import ConversionError, UnsupportedError, UsageError, first_line
+from ...errors import ConversionError, UsageError, first_line
 from ..base import Artifact, Target, Tolerance, register_target
 
 IOS_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 from pathlib import Path
 
@@ -31,6 +32,10 @@ _BASE_OP = {"_FusedMatMul": "MatMul", "_FusedConv2D": "Conv2D",
 # activations with a standalone TF.js op, used when unfusing
 _ACTIVATIONS = {"Relu": "Relu", "Relu6": "Relu6", "Elu": "Elu", "Sigmoid": "Sigmoid", "Tanh": "Tanh",
                 "LeakyRelu": "LeakyRelu", "Prelu": "Prelu"}
+# oneDNN-only fused activations with no single TF.js op: written out as plain ops, with the scalar
+# constants they need added to the model (a small extra weight file, kexport-consts.bin)
+_COMPOSITE = {"_FusedHardSwish", "_MklSwish", "GeluApproximate", "GeluExact"}
+CONSTS_FILE = "kexport-consts.bin"
 # activations every TF.js backend (cpu, wasm, webgl, webgpu) implements inside its fused kernels
 # (tfjs-core fused_util `applyActivation`; wasm FusableActivation): tanh is not among them.
 _FUSABLE = {"Relu", "Relu6", "Elu", "Sigmoid", "LeakyRelu", "Prelu"}
@@ -63,9 +68,12 @@ def weight_shapes(model_json: dict) -> dict[str, list]:
     return {w["name"]: w["shape"] for g in model_json.get("weightsManifest", []) for w in g["weights"]}
 
 
-def unfuse_nonvector_bias(model_json: dict) -> tuple[list[str], list[str]]:
+def unfuse_nonvector_bias(model_json: dict, consts: dict | None = None) -> tuple[list[str], list[str]]:
     """Repair model.json in place. Returns (notes, problems): notes say what was unfused;
-    problems list fused activations TF.js cannot run (an unsupported row, not an artifact)."""
+    problems list fused activations TF.js cannot run (an unsupported row, not an artifact).
+    `consts` collects the scalar constants composite activations need ({node name: value});
+    without it (None) those activations are problems."""
+    known = set(_ACTIVATIONS) | (_COMPOSITE if consts is not None else set())
     topo = model_json["modelTopology"]
     nodes = topo["node"]
     shapes = weight_shapes(model_json)
@@ -79,7 +87,7 @@ def unfuse_nonvector_bias(model_json: dict) -> tuple[list[str], list[str]]:
         ops = fused_ops(node)
         bias_op = ops[:1] if ops[:1] in (["BiasAdd"], ["NoOp"]) else []
         acts = ops[len(bias_op):]
-        unknown = [o for o in acts if o not in _ACTIVATIONS] if bias_op and len(acts) <= 1 else ops
+        unknown = [o for o in acts if o not in known] if bias_op and len(acts) <= 1 else ops
         if unknown:
             problems.append(f"fused {'+'.join(ops)} in {node['op']} '{node['name']}' (TF.js has no kernel for {', '.join(unknown)})")
             out.append(node)
@@ -95,7 +103,7 @@ def unfuse_nonvector_bias(model_json: dict) -> tuple[list[str], list[str]]:
                 if const_rank != 1 else f"fused {acts[0]} (no TF.js backend fuses it)"
         else:
             why = f"fused {'+'.join(ops)} without a bias (oneDNN rewrite)"
-        out.extend(_split(node, base, ops))
+        out.extend(_split(node, base, ops, consts))
         key = f"{node['op']} with {why}"
         notes[key] = notes.get(key, 0) + 1
     topo["node"] = out
@@ -104,7 +112,7 @@ def unfuse_nonvector_bias(model_json: dict) -> tuple[list[str], list[str]]:
     return msgs, problems
 
 
-def _split(node: dict, base: str, ops: list[str]) -> list[dict]:
+def _split(node: dict, base: str, ops: list[str], consts: dict | None = None) -> list[dict]:
     """[core op, AddV2 bias (for BiasAdd), activation]; the last one keeps the fused node's name."""
     name = node["name"]
     attrs = {k: v for k, v in node.get("attr", {}).items() if k not in _FUSION_ATTRS}
@@ -118,7 +126,9 @@ def _split(node: dict, base: str, ops: list[str]) -> list[dict]:
     if has_bias:
         result.append({"name": f"{name}/kexport_bias", "op": "AddV2", "input": [result[-1]["name"], args[0]],
                        "attr": {"T": dtype}})
-    if act is not None:
+    if act in _COMPOSITE:
+        result += _composite(act, name, result[-1]["name"], dtype, consts)
+    elif act is not None:
         act_node = {"name": f"{name}/kexport_act", "op": _ACTIVATIONS[act], "input": [result[-1]["name"]],
                     "attr": {"T": dtype}}
         if act == "LeakyRelu":
@@ -131,6 +141,57 @@ def _split(node: dict, base: str, ops: list[str]) -> list[dict]:
         if "device" in node:
             n["device"] = node["device"]
     return result
+
+
+def _const(consts: dict, name: str, value: float) -> dict:
+    consts[name] = float(value)
+    return {"name": name, "op": "Const", "attr": {"value": {"tensor": {"dtype": "DT_FLOAT", "tensorShape": {}}},
+                                                  "dtype": {"type": "DT_FLOAT"}}}
+
+
+def _composite(act: str, name: str, x: str, dtype: dict, consts: dict) -> list[dict]:
+    """Plain TF ops for a oneDNN fused activation of tensor `x` (the last node is renamed by the
+    caller): hard-swish x*relu6(x+3)/6, swish x*sigmoid(x), GELU tanh / erf forms (as TF's)."""
+    p = f"{name}/kexport_{act.strip('_').lower()}"
+    t = {"T": dtype}
+    c = lambda suffix, v: _const(consts, f"{p}/{suffix}", v)  # noqa: E731
+    if act == "_FusedHardSwish":
+        return [c("three", 3.0), c("sixth", 1.0 / 6.0),
+                {"name": f"{p}/add", "op": "AddV2", "input": [x, f"{p}/three"], "attr": t},
+                {"name": f"{p}/relu6", "op": "Relu6", "input": [f"{p}/add"], "attr": t},
+                {"name": f"{p}/scaled", "op": "Mul", "input": [f"{p}/relu6", f"{p}/sixth"], "attr": t},
+                {"name": f"{p}/out", "op": "Mul", "input": [x, f"{p}/scaled"], "attr": t}]
+    if act == "_MklSwish":
+        return [{"name": f"{p}/sigmoid", "op": "Sigmoid", "input": [x], "attr": t},
+                {"name": f"{p}/out", "op": "Mul", "input": [x, f"{p}/sigmoid"], "attr": t}]
+    nodes = [c("half", 0.5), c("one", 1.0)]
+    if act == "GeluExact":  # 0.5 * x * (1 + erf(x / sqrt(2)))
+        nodes += [c("rsqrt2", 1.0 / math.sqrt(2.0)),
+                  {"name": f"{p}/scaled", "op": "Mul", "input": [x, f"{p}/rsqrt2"], "attr": t},
+                  {"name": f"{p}/inner", "op": "Erf", "input": [f"{p}/scaled"], "attr": t}]
+    else:  # GeluApproximate: 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))
+        nodes += [c("k", math.sqrt(2.0 / math.pi)), c("c", 0.044715),
+                  {"name": f"{p}/x2", "op": "Mul", "input": [x, x], "attr": t},
+                  {"name": f"{p}/x3", "op": "Mul", "input": [f"{p}/x2", x], "attr": t},
+                  {"name": f"{p}/cx3", "op": "Mul", "input": [f"{p}/x3", f"{p}/c"], "attr": t},
+                  {"name": f"{p}/sum", "op": "AddV2", "input": [x, f"{p}/cx3"], "attr": t},
+                  {"name": f"{p}/arg", "op": "Mul", "input": [f"{p}/sum", f"{p}/k"], "attr": t},
+                  {"name": f"{p}/inner", "op": "Tanh", "input": [f"{p}/arg"], "attr": t}]
+    return nodes + [{"name": f"{p}/onep", "op": "AddV2", "input": [f"{p}/inner", f"{p}/one"], "attr": t},
+                    {"name": f"{p}/hx", "op": "Mul", "input": [x, f"{p}/half"], "attr": t},
+                    {"name": f"{p}/out", "op": "Mul", "input": [f"{p}/hx", f"{p}/onep"], "attr": t}]
+
+
+def write_consts(model_json: dict, folder: Path, consts: dict) -> None:
+    """Append the added scalar constants as one more weight group (float32, little-endian)."""
+    import struct
+
+    if not consts:
+        return
+    names = list(consts)
+    (Path(folder) / CONSTS_FILE).write_bytes(b"".join(struct.pack("<f", consts[n]) for n in names))
+    model_json.setdefault("weightsManifest", []).append(
+        {"paths": [CONSTS_FILE], "weights": [{"name": n, "shape": [], "dtype": "float32"} for n in names]})
 
 
 def positive_cumulative_axis(model_json: dict, folder: Path) -> list[str]:
@@ -164,7 +225,9 @@ def positive_cumulative_axis(model_json: dict, folder: Path) -> list[str]:
 def repair_model_json(path: Path) -> tuple[list[str], list[str]]:
     """Load, repair and rewrite a graph model.json. Returns (notes, problems)."""
     data = json.loads(path.read_text())
-    notes, problems = unfuse_nonvector_bias(data)
+    consts: dict = {}
+    notes, problems = unfuse_nonvector_bias(data, consts)
+    write_consts(data, path.parent, consts)
     notes += positive_cumulative_axis(data, path.parent)
     if notes:
         path.write_text(json.dumps(data))
