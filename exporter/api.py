@@ -461,7 +461,7 @@ def benchmark(art, row: TargetResult, ctx, say) -> dict:
 
 def mark_unverified(row: TargetResult) -> None:
     """A converted artifact that no runtime checked (every row skipped) is `unverified`, never ok."""
-    if row.status == "ok" and row.parity and not any(p.status == "passed" for p in row.parity):
+    if row.status == "ok" and row.parity and all(p.status == "skipped" for p in row.parity):
         row.status = "unverified"
         row.error = "no runtime here could check this artifact: " + "; ".join(
             f"{p.runtime}: {p.reason}" for p in row.parity if p.reason)

@@ -357,7 +357,7 @@ def test_hard_sigmoid_conv_fusion_is_repaired_for_wasm(squeeze_excite, squeeze_e
     assert any("rank-0 constant bias" in n for n in row.notes), row.notes
     _assert_passed(row)
     # without the repair the same artifact is refused by wasm: the repair is what makes it pass
-    monkeypatch.setattr(tfjs_graph, "unfuse_nonvector_bias", lambda mj: ([], []))
+    monkeypatch.setattr(tfjs_graph, "unfuse_nonvector_bias", lambda mj, consts=None: ([], []))
     (raw,) = _export(squeeze_excite, tmp_path / "raw").targets
     wasm = next(p for p in raw.parity if p.runtime == "tfjs-node-wasm")
     if wasm.status != "skipped":
