@@ -91,9 +91,14 @@ def shared_session():
 
 def _stop(local_dir: Path) -> None:
     spark = _SPARK.pop("session", None)
+    app = None
     if spark is not None:
         with contextlib.suppress(Exception):
+            app = "".join(c if c.isalnum() or c in "_.-" else "_" for c in spark.sparkContext.applicationId)
+        with contextlib.suppress(Exception):
             spark.stop()
+    if app:  # the copies the packages' jobs staged for this application (kexport_spark/job.py)
+        shutil.rmtree(Path(tempfile.gettempdir()) / f"kexport-spark-{app}", ignore_errors=True)
     shutil.rmtree(local_dir, ignore_errors=True)
 
 

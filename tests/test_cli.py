@@ -97,24 +97,28 @@ def test_unwritable_output(capsys, tmp_path):
 
 
 def test_parity_failure_exits_1_and_keeps_artifact_marked_failed(capsys, tmp_path):
-    """A zero tolerance cannot hold for a real converter: the row fails, the file stays."""
+    """A zero tolerance cannot hold for a real converter: the row does not pass, exit 1, the file stays.
+    (Keras' own one-ulp noise already exceeds a zero tolerance, so the verdict is `uninformative`
+    where the noise floor catches it first, else `failed`: never `passed`.)"""
     out = tmp_path / "out"
     code, stdout, _ = run(capsys, "tflite", SAMPLE_MODELS["wine_mlp"], "-o", out, "--atol", 0, "--rtol", 0)
     assert code == 1
     row = json.loads((out / "report.json").read_text())["targets"][0]
-    assert row["parity"][0]["status"] == "failed"
+    status = row["parity"][0]["status"]
+    assert status in ("failed", "uninformative")
     assert (out / row["artifact"]).exists()
-    assert "failed" in stdout
+    assert status in stdout
 
 
 def test_failed_conversion_keeps_previous_artifact(capsys, tmp_path):
-    """An unsupported model must not replace a good artifact already in place."""
+    """Another model into a directory holding a good export is refused (exit 2) before anything is
+    written: the good artifact and its report stay (same-model failures: tests/test_export_dir.py)."""
     out = tmp_path / "out"
     assert run(capsys, "tflite", SAMPLE_MODELS["iris_keras2"], "-o", out)[0] == 0
     before = (out / "tflite" / "model.tflite").read_bytes()
     code, _, _ = run(capsys, "tflite", Path(__file__).parent / "data" / "cumprod_model.keras", "-o", out,
                      "--custom-objects", Path(__file__).parent / "data" / "custom_layers.py")
-    assert code == 1
+    assert code == 2
     assert (out / "tflite" / "model.tflite").read_bytes() == before
     assert not [p for p in out.iterdir() if p.name.startswith(".kexport")]
 

@@ -134,7 +134,9 @@ def test_mobilenetv2_fp32_and_fp16(app_ctx):
     assert row.status == "passed", row.reason  # not "uninformative": calibrated BatchNorm
     _, row16 = export_and_check(ctx, "fp16")
     assert row16.status == "passed", row16.reason
-    assert row16.top1_agreement == 1.0
+    # top-1 is judged only where the reference's top-2 margin exceeds what the fp16 tolerance
+    # allows; a random-weight model's flat softmax can leave no such sample (all near ties)
+    assert row16.top1_agreement == 1.0 or (row16.top1_agreement is None and row16.ambiguous_top1 == row16.samples)
     assert row16.max_rel_err > 10 * row.max_rel_err  # the fp16 program really computes in fp16
 
 
@@ -234,19 +236,20 @@ def test_cli_flags_reach_the_artifact(tmp_path, capsys):
 
 
 def test_flags_parse_into_options():
-    from kexport.cli import build_parser
+    from kexport.cli import build_parser, target_namespace
 
-    for command in ("coreml", "all"):
-        args = build_parser().parse_args([command, "m.keras", "--format", "neuralnetwork", "--deployment-target", "iOS14",
-                                          "--precision", "float32", "--image-input", "img", "--scale", "0.5",
-                                          "--bias", "1,2,3", "--color-layout", "BGR", "--license", "MIT",
-                                          "--short-description", "d", "--model-version", "3"])
-        opts = TARGET.options_from_args(args)
+    flags = ["--format", "neuralnetwork", "--deployment-target", "iOS14", "--precision", "float32", "--image-input",
+             "img", "--scale", "0.5", "--bias", "1,2,3", "--color-layout", "BGR", "--license", "MIT",
+             "--short-description", "d", "--model-version", "3"]
+    for command in ("coreml", "all"):  # under `all` every coreml flag is --coreml-<flag>
+        given = flags if command == "coreml" else [f"--coreml-{f[2:]}" if f.startswith("--") else f for f in flags]
+        args = build_parser().parse_args([command, "m.keras", *given])
+        opts = TARGET.options_from_args(target_namespace(args, TARGET))
         assert (opts.format, opts.deployment_target, opts.precision) == ("neuralnetwork", "iOS14", "float32")
         assert (opts.image_input, opts.scale, opts.bias, opts.color_layout) == ("img", 0.5, (1.0, 2.0, 3.0), "BGR")
         assert (opts.license, opts.short_description, opts.model_version) == ("MIT", "d", "3")
     with pytest.raises(UsageError, match="--bias"):
-        TARGET.options_from_args(build_parser().parse_args(["coreml", "m.keras", "--bias", "1,x"]))
+        TARGET.options_from_args(target_namespace(build_parser().parse_args(["coreml", "m.keras", "--bias", "1,x"]), TARGET))
 
 
 def test_neuralnetwork_format_is_converted_and_reported_skipped(digits_ctx):
@@ -286,10 +289,8 @@ def test_labels_file_with_wrong_line_count_leaves_nothing_behind(tmp_path):
     labels.write_text("cat\ndog\n")
     out = tmp_path / "out"
     opts = ExportOptions(target_options={"coreml": CoreMLOptions(class_labels=str(labels))})
-    result = kexport.export(str(SAMPLE_MODELS["digits_cnn"]), ["coreml"], out, options=opts)
-    row = result.targets[0]
-    assert row.status == "unsupported"
-    assert "labels.txt: 2 labels but output 'digit' has 10 classes" in row.error
+    with pytest.raises(UsageError, match="labels.txt: 2 labels but output 'digit' has 10 classes"):
+        kexport.export(str(SAMPLE_MODELS["digits_cnn"]), ["coreml"], out, options=opts)  # the user's file: exit 2
     assert not (out / "coreml").exists() and not list(out.glob(".kexport-coreml-*"))
 
 

@@ -22,7 +22,8 @@ MODEL = ROOT / "sample_models" / "wine_mlp.keras"
 
 
 def kexport(*args, tmpdir: Path, timeout=900):
-    env = {**os.environ, "TMPDIR": str(tmpdir)}
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}  # an in-process run may have set it
+    env["TMPDIR"] = str(tmpdir)
     return subprocess.run([sys.executable, "-m", "kexport", *map(str, args)], capture_output=True, text=True,
                           env=env, timeout=timeout)
 

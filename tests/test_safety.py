@@ -23,11 +23,14 @@ SAMPLES = ROOT / "sample_models"
 PEAK_RSS_LIMIT_MB = 600  # kexport's own imports cost ~250 MB; the bombs below cost >= 1 GiB when read
 
 # Runs the CLI in-process in a fresh interpreter and reports its own peak RSS on the last line.
+# VmHWM of this process's memory map, not getrusage's ru_maxrss: Linux carries ru_maxrss over
+# execve from the forking parent (a multi-GB pytest would be measured instead of the run).
 _MEASURED_RUN = textwrap.dedent("""
-    import json, resource, sys
+    import json, sys
     from kexport.cli import main
     rc = main(sys.argv[1:])
-    print(json.dumps({"rc": rc, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    print(json.dumps({"rc": rc, "peak_mb": hwm / 1024}))
 """)
 
 

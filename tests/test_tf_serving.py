@@ -81,7 +81,7 @@ def test_version_published_and_checked(tfs_repo, name, version):
     vdir = tfs_repo.root / name / str(version)
     assert (vdir / "saved_model.pb").is_file() and (vdir / "assets.extra" / "tf_serving_warmup_requests").is_file()
     report = json.loads((tfs_repo.report_dir(name, version) / "report.json").read_text())
-    assert set(report) == {"kexport_version", "model", "versions", "seconds", "targets"}
+    assert set(report) == {"kexport_version", "model", "versions", "seconds", "targets", "reference"}
     assert report["targets"][0]["artifact"] == "../.." and report["targets"][0]["target"] == "tf-serving"
     assert not list(tfs_repo.root.glob(".kexport-*")), "temporary directory left in the repository"
 
@@ -421,7 +421,8 @@ def test_failed_run_changes_nothing(iris_repo, tmp_path, monkeypatch):
     r = export_repository(str(SAMPLE_MODELS["iris_keras2"]), iris_repo, TFServingOptions(name="iris"),
                           ExportOptions(atol=-1.0, rtol=0.0))
     assert not r.ok and r.targets[0].extra["published"] is False
-    assert [p.runtime for p in r.targets[0].parity if p.status == "failed"] == ["tf-saved-model", "warmup-replay"]
+    # a negative tolerance no answer meets: values fail, or (Keras' own noise floor above it) nothing is judged
+    assert {p.runtime for p in r.targets[0].parity if p.status in ("failed", "uninformative")} >= {"tf-saved-model", "warmup-replay"}
     assert _snapshot(iris_repo) == before
     fresh = tmp_path / "fresh"
     r = export_repository(str(SAMPLE_MODELS["iris_keras2"]), fresh, TFServingOptions(), ExportOptions(atol=-1.0, rtol=0.0))

@@ -91,10 +91,9 @@ class TFLiteTarget(Target):
         art = Artifact(out, variant=variant, notes=list(applied) + notes, extra=extra)
         if tf_ops:
             art.notes.append(f"uses TF Select ops: {', '.join(tf_ops)}")
-            art.skip["litert"] = (
-                f"the artifact needs the Flex delegate for TF ops {', '.join(tf_ops)}, which ai_edge_litert "
-                "alone does not have (as on a phone); link the TensorFlow Lite Flex delegate to run it"
-            )
+            reason = (f"the artifact needs the Flex delegate for TF ops {', '.join(tf_ops)}, which ai_edge_litert "
+                      "alone does not have (as on a phone or a Pi); link the TensorFlow Lite Flex delegate to run it")
+            art.skip.update({rt: reason for rt in self.runtimes})
         return art
 
 

@@ -32,7 +32,7 @@ class Dl4jTarget(Target):
         problems += dl4j_problems(ctx.model)
         if problems:
             return problems
-        from ..tfjs.layers import keras2_config
+        from ..tfjs import keras2_config
 
         return keras2_config(ctx.model)[1]
 

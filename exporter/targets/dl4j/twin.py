@@ -108,7 +108,7 @@ def build_twin(ctx, target: str):
     """(tf_keras twin, renames), the twin checked against Keras 3 on the reference inputs."""
     import tf_keras
 
-    from ..tfjs.layers import keras2_config
+    from ..tfjs import keras2_config
 
     spec, problems = keras2_config(ctx.model)
     if problems:

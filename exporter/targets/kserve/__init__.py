@@ -107,7 +107,7 @@ def make_plan(ctx, options: KServeOptions):
     from urllib.parse import quote
 
     from ..flask import FlaskOptions
-    from ..triton.config import safe_model_name
+    from ..triton import safe_model_name
     from .manifests import Plan
 
     name = k8s_name(options.name or ctx.name)

@@ -205,3 +205,11 @@ def serve_demo(out, host: str = "127.0.0.1", port: int = 8000) -> None:
     from .demo import serve
 
     serve(out, host, port)
+
+
+def keras2_config(model) -> tuple[dict, list[str]]:
+    """The Keras 3 -> Keras 2 topology translation of the layers format (layers.py), for other
+    targets that write a Keras 2 model (dl4j): (config, problems)."""
+    from .layers import keras2_config as translate
+
+    return translate(model)
