@@ -372,7 +372,7 @@ def _refusal(target, ctx, topts) -> TargetResult | None:
     missing = target.missing_requirements()
     if missing:
         return TargetResult(target.name, status="unsupported",
-                            error=f"converter not installed ({', '.join(missing)}); pip install 'kexport[{target.extra or 'all'}]'")
+                            error=f"converter not installed ({', '.join(missing)}); pip install 'kexport[{target.pip_extra or 'all'}]'")
     t0 = time.perf_counter()
     try:
         problems = target.preflight(ctx, topts)

@@ -286,7 +286,7 @@ def cmd_inspect(args) -> int:
     for name, target in all_targets().items():
         missing = target.missing_requirements()
         if missing:
-            print(f"  {name:12} no: converter not installed ({', '.join(missing)}); pip install 'kexport[{target.extra}]'")
+            print(f"  {name:12} no: converter not installed ({', '.join(missing)}); pip install 'kexport[{target.pip_extra or 'all'}]'")
             continue
         try:
             problems = target.preflight(ctx, target.Options())
@@ -317,7 +317,7 @@ def cmd_doctor(args) -> int:
                 vers.append(f"{mod} {metadata.version(mod.replace('_', '-'))}")
             except metadata.PackageNotFoundError:
                 vers.append(f"{mod} missing")
-        state = "ok" if not missing else f"missing: pip install 'kexport[{target.extra or 'all'}]'"
+        state = "ok" if not missing else f"missing: pip install 'kexport[{target.pip_extra or 'all'}]'"
         print(f"  {name:14} {state:10} ({', '.join(vers)})")
     print("runtimes:")
     for name, rt in all_runtimes().items():

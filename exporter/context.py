@@ -85,6 +85,12 @@ class ExportContext:
         return self._cache[key]
 
 
+# Graph plumbing of a traced function (arguments, variables, calls, constants): never a model op a
+# converter has to support. One set for every preflight (onnx, coreml, tfjs).
+STRUCTURAL_OPS = frozenset({"Placeholder", "Const", "Identity", "IdentityN", "NoOp", "ReadVariableOp", "VarHandleOp",
+                            "AssignVariableOp", "StatefulPartitionedCall", "PartitionedCall", "_Arg", "_Retval"})
+
+
 def op_types(graph_def) -> set[str]:
     """Every op type in a GraphDef, nested functions (loop bodies, XLA calls) included."""
     return {n.op for n in graph_def.node} | {n.op for f in graph_def.library.function for n in f.node_def}

@@ -51,7 +51,7 @@ class Target:
     name: str = ""
     description: str = ""
     runtimes: tuple[str, ...] = ()
-    extra: str = ""  # pip extra: kexport[<extra>]
+    pip_extra: str = ""  # the pip extra that installs the converter: kexport[<pip_extra>]
     requires: tuple[str, ...] = ()  # importable modules the converter needs
     tolerance: Tolerance = FP32
     Options: type = NoOptions

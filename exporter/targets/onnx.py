@@ -30,8 +30,6 @@ TOLERANCES = {
 
 DEFAULT_OPSET = 17
 # Graph plumbing that tf2onnx resolves itself rather than through an op handler.
-_STRUCTURAL = {"Placeholder", "Const", "Identity", "IdentityN", "NoOp", "ReadVariableOp",
-               "VarHandleOp", "StatefulPartitionedCall", "PartitionedCall", "_Arg", "_Retval"}
 
 
 @dataclass(frozen=True)
@@ -45,7 +43,7 @@ class OnnxTarget(Target):
     name = "onnx"
     description = "ONNX model for onnxruntime and other ONNX runtimes"
     runtimes = ("onnxruntime", "onnxruntime-java")
-    extra = "onnx"
+    pip_extra = "onnx"
     requires = ("tf2onnx", "onnx")
     packages = ("tf2onnx", "onnx", "onnxruntime")
     Options = OnnxOptions
@@ -71,14 +69,14 @@ class OnnxTarget(Target):
         from tf2onnx import tfonnx  # noqa: F401  (importing it registers the op handlers)
         from tf2onnx.handler import tf_op
 
-        from ..context import op_types
+        from ..context import STRUCTURAL_OPS, op_types
 
         graph_def, _, _ = ctx.frozen_graph(rewrite=True)
         ops = op_types(graph_def)
         handled = set()
         for opset_ops in tf_op.get_opsets()[""][: options.opset + 1]:
             handled.update(opset_ops)
-        return [f"TF op {op}" for op in sorted(ops) if op not in handled and op not in _STRUCTURAL]
+        return [f"TF op {op}" for op in sorted(ops) if op not in handled and op not in STRUCTURAL_OPS]
 
     def export(self, ctx, dest: Path, options, variant: str) -> Artifact:
         if variant != "fp32":

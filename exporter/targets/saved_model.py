@@ -20,7 +20,7 @@ class SavedModelTarget(Target):
     name = "saved-model"
     description = "TensorFlow SavedModel for TF-Serving (versioned directory)"
     runtimes = ("tf-saved-model",)
-    extra = ""
+    pip_extra = ""
     requires = ("tensorflow",)
     packages = ("tensorflow",)
     Options = SavedModelOptions

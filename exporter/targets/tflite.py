@@ -49,7 +49,7 @@ class TFLiteTarget(Target):
     name = "tflite"
     description = "TensorFlow Lite / LiteRT flatbuffer for Android, iOS, Raspberry Pi"
     runtimes = ("litert", "litert-arm64")
-    extra = "tflite"
+    pip_extra = "tflite"
     requires = ("tensorflow",)
     packages = ("tensorflow", "ai-edge-litert")
     Options = TFLiteOptions

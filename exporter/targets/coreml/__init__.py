@@ -46,8 +46,6 @@ PALETTIZED = Tolerance(atol=2e-2, rtol=2e-1, min_top1=0.9)
 _LOOP = ("coremltools 9 crashes (IndexError) on the loop a recurrent layer lowers to when its sequence "
          "length is not fixed; give the Input a fixed length so kexport unrolls it")
 BROKEN_TF_OPS = {"StatelessWhile": _LOOP, "While": _LOOP}
-_STRUCTURAL = {"Placeholder", "Const", "Identity", "IdentityN", "NoOp", "ReadVariableOp", "VarHandleOp",
-               "StatefulPartitionedCall", "PartitionedCall", "_Arg", "_Retval", "AssignVariableOp"}
 
 
 @dataclass(frozen=True)
@@ -72,7 +70,7 @@ class CoreMLTarget(Target):
     name = "coreml"
     description = "CoreML ML Program (.mlpackage) for iOS/macOS, verified on Linux by a reference interpreter"
     runtimes = ("coreml-reference", "coreml")
-    extra = "coreml"
+    pip_extra = "coreml"
     requires = ("coremltools", "tensorflow")
     packages = ("coremltools",)
     tolerance = FP32
@@ -129,7 +127,7 @@ class CoreMLTarget(Target):
 
         check_options(ctx.signature, options, self.name)
         # the graph coremltools converts: the traced function (its loops stay StatelessWhile)
-        from ...context import op_types
+        from ...context import STRUCTURAL_OPS, op_types
 
         ops_used = op_types(ctx.serving_function(rewrite=True)[0].graph.as_graph_def())
         problems = [f"input '{t.name}' is a string tensor: Core ML has no string tensor type (feed token "
@@ -137,7 +135,7 @@ class CoreMLTarget(Target):
                     for t in ctx.signature.inputs if t.dtype == "string"]
         if problems:
             return problems
-        for op in sorted(ops_used - _STRUCTURAL):
+        for op in sorted(ops_used - STRUCTURAL_OPS):
             if op in BROKEN_TF_OPS:
                 problems.append(f"TF op {op}: {BROKEN_TF_OPS[op]}")
             elif op not in _TF_OPS_REGISTRY:

@@ -21,7 +21,7 @@ class Dl4jTarget(Target):
     name = "dl4j"
     description = "Keras 2 HDF5 for DL4J's KerasModelImport (the JVM)"
     runtimes = ("dl4j",)
-    extra = "keras"
+    pip_extra = "keras"
     requires = ("tf_keras", "h5py")
 
     def preflight(self, ctx, options) -> list[str]:

@@ -39,7 +39,7 @@ class FlaskTarget(Target):
     name = "flask"
     description = "standalone Flask/gunicorn server with TF-Serving's REST API and KServe v2 (no TensorFlow)"
     runtimes = ("flask-http",)
-    extra = "serve"
+    pip_extra = "serve"
     requires = ("jinja2",)  # the artifact's converter is checked in preflight (onnx or tflite)
     packages = ("flask", "gunicorn", "onnxruntime", "ai-edge-litert")
     Options = FlaskOptions

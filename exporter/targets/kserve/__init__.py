@@ -45,7 +45,7 @@ class KServeTarget(Target):
     name = "kserve"
     description = "KServe InferenceServices and Kubernetes manifests (validated against their schemas)"
     runtimes = ("kubernetes-validate", "kserve-crd")
-    extra = "kserve"
+    pip_extra = "kserve"
     requires = ("yaml",)
     packages = ("kubernetes-validate", "jsonschema", "PyYAML")
     Options = KServeOptions

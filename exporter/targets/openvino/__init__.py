@@ -53,7 +53,7 @@ class OpenVINOTarget(Target):
     name = "openvino"
     description = "OpenVINO IR (model.xml + model.bin) for Intel CPUs, GPUs and NPUs"
     runtimes = ("openvino-cpu",)
-    extra = "openvino"
+    pip_extra = "openvino"
     requires = ("openvino", "tensorflow")
     packages = ("openvino", "nncf")
     Options = OpenVINOOptions

@@ -23,7 +23,7 @@ class SparkTarget(Target):
     name = "spark"
     description = "Spark batch-scoring job over Parquet (mapInArrow, ONNX or TFLite, no TensorFlow)"
     runtimes = ("spark-local",)
-    extra = "spark"
+    pip_extra = "spark"
     requires = ("jinja2",)  # the artifact's converter is checked in preflight (onnx or tflite)
     Options = SparkOptions
 

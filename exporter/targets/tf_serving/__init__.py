@@ -20,7 +20,7 @@ class TFServingTarget(Target):
     name = "tf-serving"
     description = "TF-Serving repository: versioned SavedModel, models.config, batching, warmup records"
     runtimes = RUNTIMES
-    extra = "tf-serving"
+    pip_extra = "tf-serving"
     requires = ("tensorflow", "tensorflow_serving")
     packages = ("tensorflow", "tensorflow-serving-api")
     tolerance = FP32

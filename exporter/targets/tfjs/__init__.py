@@ -61,7 +61,7 @@ class TfjsTarget(Target):
     name = "tfjs"
     description = "TensorFlow.js graph (or layers) model for browsers and Node, with a demo page"
     runtimes = ("tfjs-node-cpu", "tfjs-node-wasm", "tfjs-chromium")
-    extra = "tfjs"
+    pip_extra = "tfjs"
     requires = ("tensorflowjs", "tensorflow")
     packages = ("tensorflowjs",)
     tolerance = FP32

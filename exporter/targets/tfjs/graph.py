@@ -40,7 +40,7 @@ CONSTS_FILE = "kexport-consts.bin"
 # (tfjs-core fused_util `applyActivation`; wasm FusableActivation): tanh is not among them.
 _FUSABLE = {"Relu", "Relu6", "Elu", "Sigmoid", "LeakyRelu", "Prelu"}
 # Variable plumbing of a traced function: freezing turns it into constants before TF.js sees it.
-STRUCTURAL_OPS = {"ReadVariableOp", "VarHandleOp", "AssignVariableOp", "_Arg", "_Retval", "NoOp"}
+from ...context import STRUCTURAL_OPS  # noqa: E402,F401  (one set for every preflight)
 _FUSION_ATTRS = {"fused_ops", "num_args", "epsilon", "leakyrelu_alpha", "TArgs", "num_host_args",
                  "filter_format"}
 

@@ -44,7 +44,7 @@ class TritonTarget(Target):
     name = "triton"
     description = "NVIDIA Triton model repository (config.pbtxt + ONNX or SavedModel)"
     runtimes = ("triton-config", "tritonserver")
-    extra = "triton"
+    pip_extra = "triton"
     requires = ("tritonclient", "google.protobuf", "onnx", "tf2onnx")
     packages = ("tritonclient", "protobuf", "tf2onnx", "onnxruntime")
     Options = TritonOptions
