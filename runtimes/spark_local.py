@@ -77,19 +77,17 @@ def shared_session():
 
             # the Python workers must be this interpreter: it has the runtimes, pyarrow and numpy
             os.environ["PYSPARK_PYTHON"] = sys.executable
-            local_dir = Path(tempfile.mkdtemp(prefix="kexport-spark-local-"))
             spark = (SparkSession.builder.master(MASTER).appName("kexport-spark-local")
                      .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
                      .config("spark.sql.shuffle.partitions", "2")
-                     .config("spark.local.dir", str(local_dir))
                      .getOrCreate())
             spark.sparkContext.setLogLevel("ERROR")
             _SPARK["session"] = spark
-            atexit.register(_stop, local_dir)
+            atexit.register(_stop)
         return _SPARK["session"]
 
 
-def _stop(local_dir: Path) -> None:
+def _stop() -> None:
     spark = _SPARK.pop("session", None)
     app = None
     if spark is not None:
@@ -99,7 +97,6 @@ def _stop(local_dir: Path) -> None:
             spark.stop()
     if app:  # the copies the packages' jobs staged for this application (kexport_spark/job.py)
         shutil.rmtree(Path(tempfile.gettempdir()) / f"kexport-spark-{app}", ignore_errors=True)
-    shutil.rmtree(local_dir, ignore_errors=True)
 
 
 def write_parquet(path: Path, inputs: dict, specs: list[dict]) -> int:
