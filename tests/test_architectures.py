@@ -38,7 +38,7 @@ def test_uncalibrated_mobilenet_is_uninformative_not_passed(mobilenet_paths, tmp
     result = kexport.export(str(mobilenet_paths[0]), ["tflite"], tmp_path)
     row = result.targets[0]
     assert row.status == "ok"
-    assert [p.status for p in row.parity] == ["uninformative"], row.parity
+    assert {p.status for p in row.parity} == {"uninformative"}, row.parity  # litert and litert-arm64
     assert result.exit_code == 1
 
 

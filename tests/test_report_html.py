@@ -20,6 +20,23 @@ ARTIFACTS = Path(os.environ.get("KEXPORT_TEST_ARTIFACTS", ROOT / "test-artifacts
 HOSTILE = 'x"\'</pre><script>window.PWNED=1</script>$(touch PWNED)${a}\\\nü'
 
 
+def _open(page, html: Path) -> list[str]:
+    """Load the page; return every request that was not the file itself."""
+    others = []
+
+    def route(r):
+        if r.request.url != html.as_uri():
+            others.append(r.request.url)
+            return r.abort()
+        return r.continue_()
+
+    page.route("**/*", route)
+    page.goto(html.as_uri())
+    page.wait_for_load_state("load")
+    page.unroute("**/*")
+    return others
+
+
 def _browse(html: Path, fn):
     """Open `html` in headless Chromium and return fn(page, others), where `others` lists every
     request that was not the file itself. Runs in a thread of its own: Playwright's sync API
