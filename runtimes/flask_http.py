@@ -69,7 +69,10 @@ class GunicornServer:
         self.app_dir = Path(app_dir)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.NamedTemporaryFile(prefix="kexport-gunicorn-", suffix=".log", delete=False)
+        # gunicorn's log: a file already unlinked (read through its descriptor), so no signal that
+        # ends this process, SIGKILL included, can leave it behind; appending, so reading the tail
+        # never moves gunicorn's write position.
+        self.log = tempfile.TemporaryFile(mode="a+b", prefix="kexport-gunicorn-", suffix=".log")
         full_env = {**os.environ, "WEB_CONCURRENCY": str(workers), **(env or {})}
         full_env.pop("PYTHONPATH", None)  # the app must stand alone: no kexport on its path
         self.started = time.perf_counter()
@@ -96,8 +99,10 @@ class GunicornServer:
 
     def log_tail(self, lines: int = 5) -> str:
         try:
-            text = Path(self.log.name).read_text(errors="replace").strip().splitlines()
-        except OSError:
+            fd = self.log.fileno()
+            size = os.fstat(fd).st_size
+            text = os.pread(fd, min(size, 1 << 16), max(0, size - (1 << 16))).decode(errors="replace").strip().splitlines()
+        except (OSError, ValueError):
             return ""
         return " | ".join(text[-lines:])
 
@@ -110,10 +115,6 @@ class GunicornServer:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
-        try:
-            os.unlink(self.log.name)
-        except OSError:
-            pass
         return self.proc.returncode
 
 

@@ -145,3 +145,23 @@ def test_keras_load_error_names_the_layer_in_one_uncut_line(tmp_path, tmpdir_, c
     cut = shown[:-4] if shown.endswith(" ...") else shown
     assert root.startswith(cut), (shown, root[:400])
     assert len(cut) == len(root) or root[len(cut)] == " ", f"cut mid-word: {shown!r}"
+
+
+def test_gunicorn_log_never_exists_on_disk(tmp_path, monkeypatch):
+    """The server's log is unlinked as soon as it is opened: an interrupted `kexport flask`
+    (SIGINT, SIGKILL) cannot leave it in the temp dir, and its tail is still readable."""
+    import tempfile
+
+    from kexport.runtimes.flask_http import GunicornServer
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    app = tmp_path / "app"
+    app.mkdir()  # no app: gunicorn exits at once, with an error in its log
+    server = GunicornServer(app)
+    try:
+        assert not list(tmp_path.glob("kexport-gunicorn-*")), "the log must not be a file in the temp dir"
+        server.proc.wait(timeout=120)
+        assert server.log_tail(), "the log is still readable through its descriptor"
+    finally:
+        server.stop()
+    assert not list(tmp_path.glob("kexport-gunicorn-*"))
