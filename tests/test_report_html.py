@@ -135,3 +135,12 @@ def test_language_escapers_round_trip(tmp_path):
     assert "${" not in k.replace("\\$", "") and "\n" not in k and k.count('"') - k.count('\\"') == 2
     sw = swift_str(HOSTILE)
     assert "\n" not in sw and sw.count('"') - sw.count('\\"') == 2 and "\\(" not in sw
+
+
+def test_demo_page_config_cannot_close_its_script():
+    from kexport.targets.tfjs.demo import script_json
+
+    hostile = {"inputs": [{"name": HOSTILE}], "outputs": ["</script><img src=x onerror=alert(1)>"]}
+    text = script_json(hostile)
+    assert "<" not in text and ">" not in text and "&" not in text
+    assert json.loads(text) == hostile  # JavaScript (and JSON) read the same names back

@@ -56,18 +56,24 @@ def write_demo(ctx, dest: Path, model_dir: Path, runtime_options: dict) -> Path:
         channels=spec.shape[3] if kind != "tensor" else 0,
         canvas=CANVAS,
         scale=pixel_scale(ctx.model),
-        config=json.dumps({
+        config=script_json({
             "inputs": [{"name": t.name, "dtype": "int32" if "int" in t.dtype else "float32",
                         "shape": [d if d is not None else -1 for d in t.shape]} for t in sig.inputs],
             "outputs": sig.output_names,
             "feeds": input_names(model_json) if fmt == "graph" else {},
             "fetch": output_names(model_json) if fmt == "graph" else layers_fetch(runtime_options),
         }),
-        sample=json.dumps(sample),
+        sample=json.dumps(sample),  # in a <textarea>: autoescaped
     )
     (dest / "index.html").write_text(page)
     copy_vendor(dest / "vendor")
     return dest / "index.html"
+
+
+def script_json(obj) -> str:
+    """JSON safe inside a <script> element: a model's names cannot close it (`</script>`) or
+    open markup; `<`, `>` and `&` become JSON escapes that JavaScript reads back unchanged."""
+    return json.dumps(obj).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def demo_root(out) -> Path:
