@@ -30,40 +30,24 @@ def js_str(s) -> str:
     return json.dumps(str(s))
 
 
+_COMMON_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _quoted(s, escape) -> str:
+    """A double-quoted literal: backslash, quote and \\n/\\r/\\t escaped alike in Swift and
+    Kotlin; `escape(ch)` gives the language's own rule for every other character (None: as is)."""
+    return '"' + "".join(_COMMON_ESCAPES.get(ch) or escape(ch) or ch for ch in str(s)) + '"'
+
+
 def swift_str(s) -> str:
-    out = []
-    for ch in str(s):
-        if ch in '\\"':
-            out.append("\\" + ch)
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{{{ord(ch):x}}}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
+    # Swift: other control characters as \u{hex}; "\(" cannot start an interpolation once "\" is escaped
+    return _quoted(s, lambda ch: f"\\u{{{ord(ch):x}}}" if ord(ch) < 0x20 or ord(ch) == 0x7F else None)
 
 
 def kotlin_str(s) -> str:
-    out = []
-    for ch in str(s):
-        if ch in '\\"$':
-            out.append("\\" + ch)
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ord(ch) < 0x20 or ord(ch) > 0x7E:
-            out += [f"\\u{u:04x}" for u in _utf16(ch)]
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
+    # Kotlin: "$" starts a template; controls and non-ASCII as \uXXXX UTF-16 units
+    return _quoted(s, lambda ch: "\\$" if ch == "$" else (
+        "".join(f"\\u{u:04x}" for u in _utf16(ch)) if ord(ch) < 0x20 or ord(ch) > 0x7E else None))
 
 
 def _utf16(ch: str) -> list[int]:

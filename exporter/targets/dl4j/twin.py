@@ -108,7 +108,7 @@ def build_twin(ctx, target: str):
     """(tf_keras twin, renames), the twin checked against Keras 3 on the reference inputs."""
     import tf_keras
 
-    from ..tfjs import keras2_config
+    from ..tfjs import check_keras2_twin, keras2_config
 
     spec, problems = keras2_config(ctx.model)
     if problems:
@@ -124,17 +124,5 @@ def build_twin(ctx, target: str):
     except Exception as e:  # tf_keras raises ValueError/TypeError/KeyError on a bad config
         raise ConversionError(f"target '{target}': the Keras 2 translation was refused by tf_keras: "
                               f"{first_line(e)}") from e
-    missing = [n for n in twin.input_names if n not in ctx.inputs]
-    if missing:
-        raise ConversionError(f"target '{target}': the Keras 2 translation has inputs {twin.input_names}, "
-                              f"the model {sorted(ctx.inputs)}")
-    xs = [ctx.inputs[n] for n in twin.input_names]
-    got = twin(xs if len(xs) > 1 else xs[0], training=False)
-    got = got if isinstance(got, (list, tuple)) else [got]
-    for name, value in zip(ctx.signature.output_names, got):
-        ref = np.asarray(ctx.outputs[name])
-        err = float(np.max(np.abs(np.asarray(value) - ref)))
-        if err > 1e-4 * (float(np.max(np.abs(ref))) or 1.0) + 1e-5:
-            raise ConversionError(f"target '{target}': the Keras 2 translation computes '{name}' differently "
-                                  f"from Keras 3 (max abs err {err:.3g}); please report this model")
+    check_keras2_twin(twin, ctx, target)
     return twin, renames

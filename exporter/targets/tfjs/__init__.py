@@ -213,3 +213,10 @@ def keras2_config(model) -> tuple[dict, list[str]]:
     from .layers import keras2_config as translate
 
     return translate(model)
+
+
+def check_keras2_twin(twin, ctx, target: str) -> None:
+    """Raise ConversionError unless a Keras 2 twin computes what the model computes (layers.py)."""
+    from .layers import check_twin
+
+    check_twin(twin, ctx, target)

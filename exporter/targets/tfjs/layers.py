@@ -201,7 +201,19 @@ def build_keras2(ctx, target: str):
     except Exception as e:  # tf_keras raises ValueError/TypeError/KeyError on a bad config
         raise ConversionError(f"target '{target}': the Keras 2 translation of the config was refused by "
                               f"tf_keras: {first_line(e)}") from e
-    got = twin(_ordered_inputs(ctx, twin), training=False)
+    check_twin(twin, ctx, target)
+    return twin
+
+
+def check_twin(twin, ctx, target: str) -> None:
+    """The Keras 2 twin must compute what the Keras 3 model computes on the reference inputs
+    (fed in the twin's input order: input layers are named as in Keras 3)."""
+    missing = [n for n in twin.input_names if n not in ctx.inputs]
+    if missing:
+        raise ConversionError(f"target '{target}': the Keras 2 translation has inputs {twin.input_names}, "
+                              f"the model {sorted(ctx.inputs)}")
+    xs = [ctx.inputs[n] for n in twin.input_names]
+    got = twin(xs if len(xs) > 1 else xs[0], training=False)
     got = got if isinstance(got, (list, tuple)) else [got]
     for name, value in zip(ctx.signature.output_names, got):
         ref = np.asarray(ctx.outputs[name])
@@ -209,16 +221,6 @@ def build_keras2(ctx, target: str):
         if err > 1e-4 * (float(np.max(np.abs(ref))) or 1.0) + 1e-5:
             raise ConversionError(f"target '{target}': the Keras 2 translation computes '{name}' differently "
                                   f"from Keras 3 (max abs err {err:.3g}); please report this model")
-    return twin
-
-
-def _ordered_inputs(ctx, twin):
-    """The reference inputs in the twin's input order (input layers are named as in Keras 3)."""
-    missing = [n for n in twin.input_names if n not in ctx.inputs]
-    if missing:
-        raise ConversionError(f"the Keras 2 translation has inputs {twin.input_names}, the model {sorted(ctx.inputs)}")
-    xs = [ctx.inputs[n] for n in twin.input_names]
-    return xs if len(xs) > 1 else xs[0]
 
 
 def write_layers_model(ctx, out: Path, qmap, shard_size: int, target: str) -> tuple[list[str], dict]:
