@@ -4,6 +4,7 @@ with --quiet (errors are printed by the CLI either way)."""
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -11,9 +12,20 @@ import time
 RESULT_WORDS = (": passed", ": failed", ": skipped", ": unsupported", ": uninformative", ": unverified", "converted in")
 
 
+def _own_stderr():
+    """A private copy of file descriptor 2: converters that silence their C++ logs redirect fd 2
+    for a while (native_log.py), and a progress line printed from another thread meanwhile (the
+    overlapped loop) must not vanish into that capture."""
+    try:
+        return os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1, encoding=sys.stderr.encoding or "utf-8",
+                         errors="replace")
+    except (AttributeError, OSError, ValueError):  # no real descriptor (captured by a test harness)
+        return sys.stderr
+
+
 class Progress:
     def __init__(self, *, quiet: bool = False, stream=None, tty: bool | None = None, tick: float = 0.5):
-        self.stream = stream or sys.stderr
+        self.stream = stream or _own_stderr()
         self.quiet = quiet
         self.tty = (self.stream.isatty() if tty is None else tty) and not quiet
         self.start = time.perf_counter()

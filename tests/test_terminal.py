@@ -52,3 +52,21 @@ def test_tty_shows_one_live_line_with_elapsed_time():
     assert text.count("… fp32: converting") >= 2, text  # redrawn in place
     assert "\r\x1b[2K" in text and "fp32 on onnxruntime: passed\n" in text
     assert text.endswith("\r\x1b[2K")  # the live line is cleared at the end
+
+
+def test_progress_lines_survive_a_converter_silencing_fd2():
+    """The overlapped loop prints one target's verdicts while the next conversion has fd 2
+    redirected (native_log.captured_native_stderr): those lines must still reach the terminal."""
+    code = (
+        "import threading\n"
+        "from kexport.progress import Progress\n"
+        "from kexport.native_log import captured_native_stderr\n"
+        "p = Progress()\n"
+        "with captured_native_stderr():\n"
+        "    t = threading.Thread(target=p, args=('[1/2] saved-model',)); t.start(); t.join()\n"
+        "p('[2/2] tflite')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={k: v for k, v in os.environ.items() if k != "KEXPORT_DEBUG"})
+    assert res.returncode == 0, res.stderr
+    assert re.findall(r"\] (\[\d/2\] [\w-]+)", res.stderr) == ["[1/2] saved-model", "[2/2] tflite"], res.stderr
