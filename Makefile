@@ -16,11 +16,12 @@ APT := flock /tmp/kexport-apt.lock env DEBIAN_FRONTEND=noninteractive apt-get -o
 
 venv: $(STAMP)
 
+# PYTHONWARNINGS: setuptools' notes on the license table and editable installs are not the user's business
 $(STAMP): constraints.txt pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade "pip>=24" 
 	$(BIN)/pip install -q -c constraints.txt setuptools wheel
-	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
+	PYTHONWARNINGS=ignore $(BIN)/pip install -q -c constraints.txt -e ".[test]"
 	touch $@
 
 demo: venv runtime-deps
@@ -28,7 +29,8 @@ demo: venv runtime-deps
 
 node-deps:
 	@if [ -f runtimes/tfjs_node/package-lock.json ]; then \
-	  if command -v npm >/dev/null; then (cd runtimes/tfjs_node && npm ci --no-audit --no-fund --loglevel=error); \
+	  if [ runtimes/tfjs_node/node_modules/.package-lock.json -nt runtimes/tfjs_node/package-lock.json ]; then :; \
+	  elif command -v npm >/dev/null; then (cd runtimes/tfjs_node && npm ci --no-audit --no-fund --no-update-notifier --loglevel=error); \
 	  else echo "npm not found: TF.js Node parity rows will be skipped"; fi; fi
 
 chromium:
