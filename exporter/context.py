@@ -60,6 +60,18 @@ class ExportContext:
             self._cache[key] = (path, applied)
         return self._cache[key]
 
+    def made_once(self, key: tuple, name: str, make) -> Path:
+        """A file that several targets ship byte for byte (model.onnx for onnx, flask, triton and
+        spark), made by `make(path)` once per run; each caller copies it. Conversions run one at
+        a time (exporter/overlap.py), so no lock is needed."""
+        k = ("file", key)
+        if k not in self._cache:
+            path = self.workdir / "made" / f"{len(self._cache)}" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            make(path)
+            self._cache[k] = path
+        return self._cache[k]
+
     def frozen_graph(self, *, rewrite: bool = True):
         """The serving signature reloaded from the SavedModel with variables (and captured
         tensors, e.g. Normalization statistics) folded into constants.

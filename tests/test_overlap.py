@@ -171,3 +171,19 @@ def test_thread_bound_runtimes_are_checked_on_the_calling_thread(tmp_path, monke
     assert result.ok, result.failures()
     assert seen["litert"] == threading.current_thread().name
     assert all(seen[n].startswith("kexport-verify") for n in ("litert-arm64", "onnxruntime", "onnxruntime-java")), seen
+
+
+def test_one_onnx_conversion_serves_every_target_that_ships_it(sample_export):
+    """flask, triton and spark ship model.onnx: converted once per run and copied, so every copy
+    is the byte-for-byte file the onnx target's runtimes verified (tf2onnx alone gives other
+    bytes on each call)."""
+    import hashlib
+
+    result, out = sample_export("wine_mlp")
+    shipped = {t.target for t in result.targets if t.status == "ok"} & {"onnx", "flask", "triton", "spark"}
+    if {"onnx", "flask", "triton", "spark"} - shipped:
+        pytest.skip(f"not all ONNX-shipping targets exported here: {sorted(shipped)}")
+    files = sorted(out.glob("*/**/model.onnx")) + [out / "onnx" / "model.onnx"]
+    digests = {str(f.relative_to(out)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+    assert {k.split("/")[0] for k in digests} == {"onnx", "flask", "triton", "spark"}, digests
+    assert len(set(digests.values())) == 1, digests

@@ -84,20 +84,29 @@ class OnnxTarget(Target):
             if not fp32.exists():
                 self.export(ctx, dest, options, "fp32")
             return quantize_onnx(ctx, fp32, dest / f"model_{variant}.onnx", variant, self.name)
+        import shutil
+
+        _, applied = ctx.saved_model(rewrite=True)
+        dest.mkdir(parents=True, exist_ok=True)
+        out = dest / "model.onnx"
+        # flask, triton and spark ship this same file: converted once per run, then copied
+        made = ctx.made_once(("onnx", options.opset), "model.onnx", lambda p: self._convert(ctx, p, options.opset))
+        shutil.copyfile(made, out)
+        return Artifact(out, notes=list(applied), extra={"opset": options.opset})
+
+    def _convert(self, ctx, out: Path, opset: int) -> None:
         import tf2onnx
 
         from ..context import op_types
 
         graph_def, in_map, out_map = ctx.frozen_graph(rewrite=True)
-        sm_path, applied = ctx.saved_model(rewrite=True)
-        dest.mkdir(parents=True, exist_ok=True)
-        out = dest / "model.onnx"
+        sm_path, _ = ctx.saved_model(rewrite=True)
         try:
             if op_types(graph_def) & _TABLE_OPS:
-                model_proto = _convert_with_tables(sm_path, options.opset)
+                model_proto = _convert_with_tables(sm_path, opset)
             else:
                 model_proto, _ = tf2onnx.convert.from_graph_def(
-                    graph_def, input_names=list(in_map), output_names=list(out_map), opset=options.opset,
+                    graph_def, input_names=list(in_map), output_names=list(out_map), opset=opset,
                     tensors_to_rename={**in_map, **out_map},
                 )
         except Exception as e:
@@ -108,7 +117,6 @@ class OnnxTarget(Target):
             raise ConversionError(f"target '{self.name}': ONNX graph has inputs/outputs {sorted(names)}, "
                                   f"expected the Keras names {sorted(expected)}")
         out.write_bytes(model_proto.SerializeToString())
-        return Artifact(out, notes=list(applied), extra={"opset": options.opset})
 
 
 # Lookup tables (StringLookup, IntegerLookup, ...): freezing leaves their resource handle as a
