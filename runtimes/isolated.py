@@ -61,8 +61,13 @@ class IsolatedSession:
         self.tensorflow_loaded = hello["tensorflow_loaded"]
 
     def predict(self, inputs):
-        _send(self.proc.stdin, _pack({k: np.asarray(v) for k, v in inputs.items()}))
-        return _unpack(_recv(self.proc.stdout))
+        try:
+            _send(self.proc.stdin, _pack({k: np.asarray(v) for k, v in inputs.items()}))
+            return _unpack(_recv(self.proc.stdout))
+        except (EOFError, BrokenPipeError) as e:  # the worker died: say how, from its last words
+            code = self.proc.wait(timeout=10)
+            err = self.proc.stderr.read().decode(errors="replace").strip().splitlines()
+            raise RuntimeError(f"runtime worker exited with code {code}" + (f": {err[-1]}" if err else "")) from e
 
     def close(self):
         if self.proc.poll() is None:
