@@ -264,25 +264,11 @@ def _current_batching(repo: Path) -> BatchingParameters:
 def _classify_spec(ctx, options, extra_sig) -> dict | None:
     if extra_sig is None:
         return None
-    labels = [ln.strip() for ln in Path(options.class_labels).read_text().splitlines()]
-    while labels and not labels[-1]:
-        labels.pop()
-    outputs = {t.name: t for t in ctx.signature.outputs}
-    if options.classifier_output:
-        if options.classifier_output not in outputs:
-            raise UsageError(f"tf-serving: --classifier-output {options.classifier_output!r} is not an output "
-                             f"(outputs: {sorted(outputs)})")
-        out = options.classifier_output
-    else:
-        cands = [n for n, t in outputs.items() if len(t.shape) == 2 and (t.shape[1] or 0) > 1]
-        if len(cands) != 1:
-            raise UsageError(f"tf-serving: --class-labels needs one classifier output (batch, classes); found {cands or 'none'}"
-                             f" among {sorted(outputs)}; pass --classifier-output NAME")
-        out = cands[0]
-    classes = outputs[out].shape[-1]
-    if len(labels) != classes or not all(labels):
-        raise UsageError(f"{options.class_labels}: {len(labels)} labels (non-empty, one per line) for output "
-                         f"'{out}' with {classes} classes")
+    from ...labels import classifier_output, read_labels
+
+    labels = read_labels(options.class_labels)
+    out = classifier_output(ctx.signature, labels, options.class_labels, "tf-serving", options.classifier_output)
+    classes = len(labels)
     k = options.top_k or min(5, classes)
     if not 1 <= k <= classes:
         raise UsageError(f"tf-serving: --top-k {k} must be between 1 and {classes} (the classes of '{out}')")
