@@ -14,6 +14,7 @@ Keras. The model runs in onnxruntime (platform onnxruntime_onnx) or TensorFlow
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,31 @@ def triton_dtype(type_name: str) -> np.dtype:
     if t not in table:
         raise ValueError(f"data type {type_name} has no NumPy equivalent")
     return np.dtype(table[t])
+
+
+def type_name(dtype: np.dtype) -> str:
+    """For messages and comparisons: every string representation (object, bytes, unicode) is
+    Triton's one STRING type."""
+    return "STRING" if np.dtype(dtype).kind in "OSU" else np.dtype(dtype).name
+
+
+def read_strings(raw: bytes, count: int, what: str) -> np.ndarray:
+    """TYPE_STRING data as Triton serializes it: per element a 4-byte little-endian length, then
+    the bytes; exactly `count` elements filling `raw`."""
+    out, pos = [], 0
+    for _ in range(count):
+        if pos + 4 > len(raw):
+            break
+        (length,) = struct.unpack_from("<I", raw, pos)
+        if pos + 4 + length > len(raw):
+            break
+        out.append(raw[pos + 4:pos + 4 + length])
+        pos += 4 + length
+    if len(out) != count or pos != len(raw):
+        raise ValueError(f"{what}: not {count} length-prefixed strings ({len(raw)} bytes)")
+    arr = np.empty(count, dtype=object)
+    arr[:] = [b.decode("utf-8", "replace") for b in out]
+    return arr
 
 
 def read_config(model_dir: Path):
@@ -112,8 +138,8 @@ class TritonConfigSession:
             return [f"{kind}s {sorted(config)} != the model's {sorted(model)}"]
         for name, (dtype, shape, _) in config.items():
             mdtype, mshape = model[name]
-            if dtype != mdtype:
-                problems.append(f"{kind} {name}: data type {dtype.name} != the model's {mdtype.name}")
+            if type_name(dtype) != type_name(mdtype):
+                problems.append(f"{kind} {name}: data type {type_name(dtype)} != the model's {type_name(mdtype)}")
             if list(shape) != list(mshape):
                 problems.append(f"{kind} {name}: dims {shape} != the model's {mshape}")
         return problems
@@ -138,10 +164,14 @@ class TritonConfigSession:
                 if not f.is_file():
                     raise ValueError(f"warmup {w.name!r} input {name}: {f} missing")
                 raw = f.read_bytes()
-                want = int(np.prod(inp.dims)) * dtype.itemsize
-                if len(raw) != want:
-                    raise ValueError(f"warmup {w.name!r} input {name}: {f.name} has {len(raw)} bytes, dims need {want}")
-                sample = np.frombuffer(raw, dtype=dtype).reshape(list(inp.dims))
+                count = int(np.prod(inp.dims))
+                if type_name(dtype) == "STRING":
+                    sample = read_strings(raw, count, f"warmup {w.name!r} input {name}: {f.name}").reshape(list(inp.dims))
+                else:
+                    want = count * dtype.itemsize
+                    if len(raw) != want:
+                        raise ValueError(f"warmup {w.name!r} input {name}: {f.name} has {len(raw)} bytes, dims need {want}")
+                    sample = np.frombuffer(raw, dtype=dtype).reshape(list(inp.dims))
                 feed[name] = np.repeat(sample[None], w.batch_size, axis=0) if self.max_batch > 0 else sample
             self._run(feed)  # Triton fails the model load when a warmup request fails
 

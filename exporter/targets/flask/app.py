@@ -31,10 +31,11 @@ TEMPLATE_DIR = templates.ROOT / "flask_app"
 RUNTIME_DIR = Path(runtimes_package.__file__).resolve().parent
 SERVING_PACKAGES = ("numpy", "flask", "werkzeug", "gunicorn", "gevent", "greenlet")
 TF_DTYPES = {"float32": "DT_FLOAT", "float64": "DT_DOUBLE", "float16": "DT_HALF", "int32": "DT_INT32",
-             "int64": "DT_INT64", "int16": "DT_INT16", "int8": "DT_INT8", "uint8": "DT_UINT8", "bool": "DT_BOOL"}
+             "int64": "DT_INT64", "int16": "DT_INT16", "int8": "DT_INT8", "uint8": "DT_UINT8", "bool": "DT_BOOL",
+             "string": "DT_STRING"}
 V2_DATATYPES = {"bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
                 "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64",
-                "float16": "FP16", "float32": "FP32", "float64": "FP64"}
+                "float16": "FP16", "float32": "FP32", "float64": "FP64", "string": "BYTES"}
 EXAMPLE_MAX_ELEMENTS = 256  # larger inputs get an .npy example instead of inline JSON
 
 
@@ -157,10 +158,12 @@ def render_app(dest: Path, spec: AppSpec) -> None:
             "signature": spec.signature.to_json(), "signature_def": signature_def(spec.signature),
             "labels": spec.labels, "source_file": spec.source_file, "model_sha256": spec.model_sha256,
             "kexport_version": __version__, "thread_safe": runtime.thread_safe, "platform": runtime.platform,
-            "max_content_length": spec.settings.max_content_length}
+            "max_content_length": spec.settings.max_content_length,
+            # the app warms up at the sizes verified here: a free dimension at 1 may be too small
+            "warmup_shapes": {k: [int(d) for d in np.shape(v)[1:]] for k, v in spec.inputs.items()}}
     (dest / "model" / "model.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    np.savez(dest / "tests" / "reference_inputs.npz", **spec.inputs)
-    np.savez(dest / "tests" / "reference_outputs.npz", **spec.outputs)
+    np.savez(dest / "tests" / "reference_inputs.npz", **_loadable(spec.inputs))
+    np.savez(dest / "tests" / "reference_outputs.npz", **_loadable(spec.outputs))
     from .openapi import openapi_spec
 
     (dest / "openapi.json").write_text(json.dumps(openapi_spec(spec), indent=2), encoding="utf-8")
@@ -173,6 +176,18 @@ def render_app(dest: Path, spec: AppSpec) -> None:
         except jinja2.TemplateError as e:  # a template bug, not the user's: say which file
             raise RuntimeError(f"templates/flask_app/{rel}: {e}") from e
         (dest / rel[: -len(".j2")]).write_text(text, encoding="utf-8")
+
+
+def _loadable(arrays: dict) -> dict:
+    """Strings as fixed-width unicode: object arrays would need pickle to load (allow_pickle=False)."""
+    out = {}
+    for k, v in arrays.items():
+        v = np.asarray(v)
+        if v.dtype.kind in "OS":
+            v = np.asarray([x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in v.reshape(-1)],
+                           dtype=str).reshape(v.shape)
+        out[k] = v
+    return out
 
 
 def _copy_runtime(pkg: Path, runtime: ServerRuntime) -> None:
@@ -239,6 +254,8 @@ def _template_values(spec: AppSpec) -> dict:
         "version": spec.version, "inputs": [described(t) for t in spec.signature.inputs],
         "outputs": [described(t) for t in spec.signature.outputs],
         "input_names": list(spec.signature.input_names), "output_names": list(spec.signature.output_names),
+        "string_inputs": [t.name for t in spec.signature.inputs if t.dtype == "string"],
+        "free_inputs": [t.name for t in spec.signature.inputs if None in tuple(t.shape[1:])],
         "labels": spec.labels, "atol": float(spec.atol), "rtol": float(spec.rtol),
         "tolerance_text": f"max |served - keras| <= {spec.atol:g} + {spec.rtol:g} x max |keras|",
         "max_content_length": s.max_content_length, "batch_window_ms": float(s.batch_window_ms),

@@ -11,6 +11,8 @@ _ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"typ
 
 
 def _scalar(t) -> dict:
+    if t.dtype == "string":  # a JSON string, or TF-Serving's {"b64": ...} for one string's UTF-8 bytes
+        return {"oneOf": [{"type": "string"}, _b64("base64 of one string's UTF-8 bytes")]}
     if t.dtype == "bool":
         return {"type": "boolean"}
     if "int" in t.dtype:
@@ -30,16 +32,22 @@ def _nested(t, dims) -> dict:
     return s
 
 
-def _b64() -> dict:
+def _b64(description: str = "raw little-endian bytes of the value in the input's dtype") -> dict:
     return {"type": "object", "required": ["b64"], "additionalProperties": False,
-            "properties": {"b64": {"type": "string", "format": "byte",
-                                   "description": "raw little-endian bytes of the value in the input's dtype"}}}
+            "properties": {"b64": {"type": "string", "format": "byte", "description": description}}}
+
+
+def _value(t, dims) -> dict:
+    """Nested lists; a whole value as raw b64 bytes only for a numeric input with a fixed row shape."""
+    if t.dtype == "string" or None in tuple(t.shape[1:]):
+        return _nested(t, dims)
+    return {"oneOf": [_nested(t, dims), _b64()]}
 
 
 def _out(t, batched: bool) -> dict:
     # A finite input can still overflow inside the model; NaN/Infinity are then written as
     # TF-Serving writes them (bare NaN / Infinity tokens), which JSON Schema cannot express.
-    s = {"type": "number"} if t.dtype != "bool" else {"type": "boolean"}
+    s = {"type": {"bool": "boolean", "string": "string"}.get(t.dtype, "number")}
     dims = t.shape[1:] if not batched else (None,) + tuple(t.shape[1:])
     for d in reversed(dims):
         s = {"type": "array", "items": s}
@@ -54,8 +62,8 @@ def _named(ts, value) -> dict:
 def openapi_spec(spec) -> dict:
     sig = spec.signature
     ins, outs = sig.inputs, sig.outputs
-    row_value = lambda t: {"oneOf": [_nested(t, t.shape[1:]), _b64()]}  # noqa: E731
-    col_value = lambda t: {"oneOf": [_nested(t, (None,) + tuple(t.shape[1:])), _b64()]}  # noqa: E731
+    row_value = lambda t: _value(t, t.shape[1:])  # noqa: E731
+    col_value = lambda t: _value(t, (None,) + tuple(t.shape[1:]))  # noqa: E731
     instance = row_value(ins[0]) if len(ins) == 1 else _named(ins, row_value)
     columns = col_value(ins[0]) if len(ins) == 1 else _named(ins, col_value)
     sig_name = {"type": "string", "enum": ["serving_default"]}
@@ -86,9 +94,9 @@ def openapi_spec(spec) -> dict:
     npy = {"schema": {"type": "string", "format": "binary"}}
     predict = {
         "summary": "Predict (TF-Serving REST)",
-        "requestBody": {"required": True, "content": {
+        "requestBody": {"required": True, "content": {  # .npy/.npz: numeric inputs only
             "application/json": {"schema": request},
-            "application/x-npy": npy, "application/x-npz": npy}},
+            **({} if any(t.dtype == "string" for t in ins) else {"application/x-npy": npy, "application/x-npz": npy})}},
         "responses": {"200": {"description": "predictions (row format) or outputs (columnar format)",
                               "content": {"application/json": {"schema": response},
                                           "application/x-npy": npy, "application/x-npz": npy}},
@@ -135,7 +143,8 @@ def _v2_paths(spec, errors: dict, name_param: dict, version_param: dict) -> dict
                 "properties": {"name": {"type": "string", "enum": [t.name]},
                                "shape": {"type": "array", "items": dims, "minItems": len(dims), "maxItems": len(dims)},
                                "datatype": {"type": "string", "enum": [V2_DATATYPES.get(t.dtype, "BYTES")]},
-                               "data": {"type": "array", "items": _scalar(t)}}}
+                               "data": {"type": "array",
+                                        "items": {"type": "string"} if t.dtype == "string" else _scalar(t)}}}
 
     request = {"type": "object", "required": ["inputs"], "additionalProperties": False, "properties": {
         "id": {"type": "string"},

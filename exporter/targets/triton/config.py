@@ -15,21 +15,29 @@ from pathlib import Path
 
 import numpy as np
 
-# numpy dtype name -> Triton DataType (model_config.proto)
+# signature dtype name (numpy's, or Keras' "string") -> Triton DataType (model_config.proto); Triton
+# serves TYPE_STRING as the v2 protocol's BYTES
 TRITON_TYPES = {"bool": "TYPE_BOOL", "uint8": "TYPE_UINT8", "uint16": "TYPE_UINT16", "uint32": "TYPE_UINT32",
                 "uint64": "TYPE_UINT64", "int8": "TYPE_INT8", "int16": "TYPE_INT16", "int32": "TYPE_INT32",
                 "int64": "TYPE_INT64", "float16": "TYPE_FP16", "float32": "TYPE_FP32", "float64": "TYPE_FP64",
-                "object": "TYPE_STRING", "str": "TYPE_STRING"}
+                "string": "TYPE_STRING"}
 PLATFORMS = {"onnxruntime_onnx": "model.onnx", "tensorflow_savedmodel": "model.savedmodel"}
 WARMUP_DIR = "warmup"  # Triton reads model_warmup input_data_file from NAME/warmup/
 # Triton model names are directory names and URL path segments (/v2/models/NAME).
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
+def dtype_name(dtype) -> str:
+    """A model file's NumPy dtype as the Keras signature names it: strings (ONNX's object
+    arrays, TensorFlow's bytes) are "string", as Keras' `Input(dtype="string")`."""
+    dtype = np.dtype(dtype)
+    return "string" if dtype.kind in "OSU" else dtype.name
+
+
 @dataclass(frozen=True)
 class IOSpec:
     name: str
-    dtype: str  # numpy dtype name
+    dtype: str  # numpy dtype name, or "string"
     shape: tuple  # full shape, -1 for a free dimension (the batch one included)
 
 
@@ -56,7 +64,7 @@ def onnx_io(path: Path) -> tuple[list[IOSpec], list[IOSpec]]:
     def spec(v):
         t = v.type.tensor_type
         dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim)
-        return IOSpec(v.name, np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)).name, dims)
+        return IOSpec(v.name, dtype_name(helper.tensor_dtype_to_np_dtype(t.elem_type)), dims)
 
     inits = {i.name for i in model.graph.initializer}
     return [spec(v) for v in model.graph.input if v.name not in inits], [spec(v) for v in model.graph.output]
@@ -73,7 +81,7 @@ def saved_model_io(path: Path) -> tuple[list[IOSpec], list[IOSpec]]:
 
     def spec(key, info):
         dims = tuple(-1 if d.size < 0 else d.size for d in info.tensor_shape.dim)
-        return IOSpec(key, np.dtype(tf.dtypes.as_dtype(info.dtype).as_numpy_dtype).name, dims)
+        return IOSpec(key, dtype_name(tf.dtypes.as_dtype(info.dtype).as_numpy_dtype), dims)
 
     return [spec(k, v) for k, v in sd.inputs.items()], [spec(k, v) for k, v in sd.outputs.items()]
 
@@ -122,7 +130,9 @@ def build_config(spec: ConfigSpec, inputs: list[IOSpec], outputs: list[IOSpec], 
 
 def write_warmup(model_dir: Path, inputs: list[IOSpec], reference: dict[str, np.ndarray],
                  batch: bool) -> dict[str, tuple[str, list[int]]]:
-    """The first reference sample of each input as raw row-major bytes in NAME/warmup/.
+    """The first reference sample of each input as raw row-major bytes in NAME/warmup/ (a
+    string input: each element a 4-byte little-endian length and its UTF-8 bytes, as Triton
+    reads TYPE_STRING warmup data).
 
     Returns {input: (file, dims)}: files are named by position (input names may hold characters
     a file name cannot); dims are the sample's concrete shape (a free dimension takes the
@@ -133,11 +143,25 @@ def write_warmup(model_dir: Path, inputs: list[IOSpec], reference: dict[str, np.
     files = {}
     for i, s in enumerate(inputs):
         rows = s.shape[0] if not batch and s.shape and s.shape[0] > 0 else 1  # a fixed first dim is not a batch
-        arr = np.ascontiguousarray(np.asarray(reference[s.name][:rows]).astype(s.dtype))
+        arr = np.asarray(reference[s.name][:rows])
+        if s.dtype == "string":
+            raw = string_bytes(arr)
+        else:
+            arr = np.ascontiguousarray(arr.astype(s.dtype))
+            raw = arr.tobytes()
         fname = f"input_{i}.bin"
-        (out / fname).write_bytes(arr.tobytes())
+        (out / fname).write_bytes(raw)
         files[s.name] = (fname, list(arr.shape[1:] if batch else arr.shape) or [1])
     return files
+
+
+def string_bytes(arr: np.ndarray) -> bytes:
+    """Triton's serialization of a string tensor: per element (row-major) a 4-byte little-endian
+    length, then the bytes (str elements as UTF-8)."""
+    import struct
+
+    items = [x if isinstance(x, bytes) else str(x).encode("utf-8") for x in np.asarray(arr).reshape(-1)]
+    return b"".join(struct.pack("<I", len(x)) + x for x in items)
 
 
 def to_text(cfg) -> str:
