@@ -282,7 +282,7 @@ def check_artifact(artifact, runtime_names, reference_in, reference_out, tol, *,
             continue
         except Exception as e:  # the runtime refused the artifact: that is a parity failure
             msg = str(e).strip().splitlines()
-            at = f" at input shapes {_shapes(sets[len(got_sets)][0])}" if len(sets) > 1 else ""
+            at = f" at input shapes {_shapes(sets[len(got_sets)][0])}" if len(sets) > 1 and session is not None else ""
             rows.append(ParityRow(name, "failed", atol=tol.atol, rtol=tol.rtol,
                                   reason=f"{name} could not run the artifact{at}: {msg[0][:400] if msg else type(e).__name__}",
                                   seconds=round(time.perf_counter() - t0, 3)))

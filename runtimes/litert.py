@@ -64,7 +64,7 @@ class LiteRTSession:
             scale, zero = self.in_quant[k]
             if np.issubdtype(dt, np.integer) and scale:  # quantized input
                 x = np.clip(np.round(x / scale + zero), np.iinfo(dt).min, np.iinfo(dt).max)
-            feed[k] = x.astype(dt)
+            feed[k] = _utf8(x) if x.dtype.kind in "UO" and not np.issubdtype(dt, np.number) else x.astype(dt)
         out = self.runner(**feed)
         res = {}
         for k, v in out.items():
@@ -77,3 +77,9 @@ class LiteRTSession:
 
     def close(self):
         pass
+
+
+def _utf8(x: np.ndarray) -> np.ndarray:
+    """A string tensor as LiteRT takes it: UTF-8 bytes (numpy's astype(bytes_) is ASCII only)."""
+    flat = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in x.reshape(-1)]
+    return np.array(flat, dtype=object).reshape(x.shape)

@@ -285,6 +285,25 @@ def test_string_inputs(family, tmp_path):
         assert set(z["city"].ravel()) <= {"paris", "rome", "oslo", "lima"}
 
 
+def test_non_ascii_strings_reach_litert_as_utf8(family, tmp_path):
+    """numpy's astype(bytes_) is ASCII only: 'Zürich' must reach LiteRT (as UTF-8, out of
+    vocabulary) and come out as Keras computes it, not as an encoding error."""
+    import keras
+
+    from kexport.runtimes import get_runtime
+
+    result = export(family("strings"), ["tflite"], tmp_path)
+    assert result.targets[0].status == "ok", result.targets[0].error
+    city = np.array([["Zürich"], ["paris"], ["Ålesund"]])
+    want = keras.saving.load_model(family("strings"))(city)
+    session = get_runtime("litert").load(str(tmp_path / "tflite" / "model.tflite"))
+    try:
+        got = session.predict({"city": city})["probs"]
+    finally:
+        session.close()
+    np.testing.assert_allclose(got, np.asarray(want), atol=1e-6)
+
+
 # ---- 10. Einsum on TF.js wasm, 11. Conv3D + 3D pooling on TFLite, 7. mixed_float16 ------------
 
 def test_attention_runs_on_tfjs_wasm(family, tmp_path):
