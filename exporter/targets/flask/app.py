@@ -102,17 +102,12 @@ class AppSpec:
 
 
 def read_labels(path, signature: ModelSignature) -> dict:
-    """One label per line; attached to every output whose last dimension has that many classes."""
-    try:
-        names = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path}: cannot read --class-labels ({e}); pass a UTF-8 text file with one label per line") from e
-    fits = {t.name: names for t in signature.outputs if len(t.shape) == 2 and t.shape[1] == len(names)}
-    if not names or not fits:
-        shapes = {t.name: list(t.shape) for t in signature.outputs}
-        raise UsageError(f"{path}: {len(names)} labels fit no classifier output {shapes}; "
-                         "give one line per class of the output's last dimension")
-    return fits
+    """One label per line (exporter/labels.py); attached to every output of that many classes."""
+    from ...labels import fitting_outputs
+    from ...labels import read_labels as read_file
+
+    names = read_file(path)
+    return {out: names for out in fitting_outputs(signature, names, path)}
 
 
 def requirement_pins(runtime: str) -> list[tuple[str, str]]:
