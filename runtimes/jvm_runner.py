@@ -11,21 +11,17 @@ Orthogonal initializer can loop forever on some shapes) is an error, not a hang.
 
 from __future__ import annotations
 
-import atexit
 import json
 import platform
-import queue
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 
 from .base import Runtime, register_runtime
+from .child import Child, Pool, last_line
 
 RUNNER_DIR = Path(__file__).resolve().parent / "jvm"
 JAR = RUNNER_DIR / "target" / "kexport-jvm-runner.jar"
@@ -36,7 +32,9 @@ INSTALL_HINT = ("install Java 17+ and Maven (apt-get install openjdk-17-jdk-head
                 "`make jvm-runner` (mvn package in runtimes/jvm: DL4J, ND4J for linux-x86_64 and "
                 "ONNX Runtime from Maven Central)")
 # Logs go to stderr; DL4J's INFO lines about every imported layer are noise here.
-JVM_FLAGS = ["-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-Dorg.slf4j.simpleLogger.logFile=System.err"]
+# A native crash (ND4J) writes its hs_err file to the temporary directory, not into runtimes/jvm.
+JVM_FLAGS = ["-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-Dorg.slf4j.simpleLogger.logFile=System.err",
+             f"-XX:ErrorFile={Path(tempfile.gettempdir()) / 'kexport-jvm-hs_err_pid%p.log'}"]
 
 
 def jvm_missing() -> str | None:
@@ -46,7 +44,7 @@ def jvm_missing() -> str | None:
     absent = [p for p in (JAR, CLASSPATH) if not p.exists()]
     if absent:
         how = "run `make jvm-runner`" if shutil.which("mvn") else "mvn is not on PATH; " + INSTALL_HINT
-        return f"the JVM runner is not built ({absent[0].relative_to(RUNNER_DIR.parent.parent)} missing); {how}"
+        return f"the JVM runner is not built (runtimes/{absent[0].relative_to(RUNNER_DIR.parent)} missing); {how}"
     jars = [p for p in CLASSPATH.read_text().strip().split(":") if p]
     gone = [p for p in jars if not Path(p).exists()]
     if gone:
@@ -66,92 +64,65 @@ class JvmError(RuntimeError):
     pass
 
 
-class JvmProcess:
-    """One `java kexport.jvm.Runner`; requests are serialised by a lock."""
-
-    def __init__(self):
-        t0 = time.perf_counter()
-        cp = f"{JAR}:{CLASSPATH.read_text().strip()}"
-        self.proc = subprocess.Popen(
-            ["java", *JVM_FLAGS, "-cp", cp, "kexport.jvm.Runner"], cwd=str(RUNNER_DIR),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
-        self.lines: queue.Queue = queue.Queue()
-        self.stderr_tail: list[str] = []
-        threading.Thread(target=self._read_stdout, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
-        self.lock = threading.Lock()
-        self.hello = self._wait(START_TIMEOUT, "start")
-        self.start_seconds = round(time.perf_counter() - t0, 3)
-
-    def _read_stdout(self):
-        for raw in self.proc.stdout:
-            line = raw.decode(errors="replace").strip()
-            try:
-                self.lines.put(dict(json.loads(line)))
-            except (ValueError, TypeError):  # a native library writing to fd 1: keep it for errors
-                if line:
-                    self.stderr_tail = (self.stderr_tail + [line])[-20:]
-        self.lines.put(None)
-
-    def _read_stderr(self):
-        for raw in self.proc.stderr:
-            self.stderr_tail = (self.stderr_tail + [raw.decode(errors="replace").rstrip()])[-20:]
-
-    def _wait(self, timeout: float, what: str) -> dict:
+def _json_lines(stream, note):
+    """One JSON object per line; anything else on fd 1 (a native library) is kept for errors."""
+    for raw in stream:
+        line = raw.decode(errors="replace").strip()
         try:
-            reply = self.lines.get(timeout=timeout)
-        except queue.Empty:
-            self.kill()
-            raise JvmError(f"the JVM runner did not answer '{what}' within {timeout:.0f}s (killed)") from None
-        if reply is None:
-            tail = [ln for ln in self.stderr_tail if ln.strip()]
-            raise JvmError(f"the JVM runner exited during '{what}'" + (f": {tail[-1]}" if tail else ""))
-        if not reply.get("ok"):
-            raise JvmError(reply.get("error") or "JVM runner error")
-        return reply
+            yield dict(json.loads(line))
+        except (ValueError, TypeError):
+            note(line)
+
+
+def _crash(tail: list[str]) -> str | None:
+    """A JVM that died of a native crash (ND4J) prints a '#' banner: name the signal and the report."""
+    text = [ln.strip("# ").strip() for ln in tail]
+    signal = next((ln.split(" (")[0] for ln in text if ln.startswith("SIG")), None)
+    if signal is None:
+        return last_line(tail)
+    report = next((text[i + 1] for i, ln in enumerate(text[:-1]) if "error report file" in ln), "")
+    return f"native crash ({signal})" + (f", details in {report}" if report else "")
+
+
+def _reply(message: dict) -> dict:
+    if not message.get("ok"):
+        raise JvmError(message.get("error") or "JVM runner error")
+    return message
+
+
+class JvmProcess(Child):
+    """One `java kexport.jvm.Runner` (runtimes/child.py: lock, timeouts, restart)."""
+
+    def __init__(self, _key=None):
+        cp = f"{JAR}:{CLASSPATH.read_text().strip()}"
+        super().__init__(["java", *JVM_FLAGS, "-cp", cp, "kexport.jvm.Runner"], cwd=str(RUNNER_DIR),
+                         label="the JVM runner", error=JvmError, read=_json_lines, decode=_reply,
+                         start_timeout=START_TIMEOUT, kill_wait=10.0, last_words=_crash)
 
     def call(self, request: dict, timeout: float = CALL_TIMEOUT) -> dict:
-        with self.lock:
-            if self.proc.poll() is not None:
-                raise JvmError(f"the JVM runner is not running (exit code {self.proc.returncode})")
-            try:
-                self.proc.stdin.write((json.dumps(request) + "\n").encode())
-                self.proc.stdin.flush()
-            except BrokenPipeError as e:
-                raise JvmError("the JVM runner closed its input") from e
-            return self._wait(timeout, request.get("cmd", "?"))
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self):
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()
-                self.proc.wait(timeout=10)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        return super().call((json.dumps(request) + "\n").encode(), request.get("cmd", "?"), timeout)
 
 
-_PROC: list[JvmProcess] = []
-_PROC_LOCK = threading.Lock()
+_POOL = Pool(JvmProcess)
 
 
 def jvm_process() -> JvmProcess:
     """The shared JVM, (re)started when needed."""
-    with _PROC_LOCK:
-        if not _PROC or not _PROC[0].alive():
-            _PROC[:] = [JvmProcess()]
-        return _PROC[0]
+    return _POOL.get()
 
 
-@atexit.register
-def _close():
-    for p in _PROC:
-        p.kill()
-    _PROC.clear()
+def _as_dtype(value, dtype: str) -> np.ndarray:
+    """The array the runner reads: strings as NumPy unicode ("<Un", UTF-32: the .npy form Java
+    reads without a pickle), bytes decoded as UTF-8; numbers cast to the model's dtype."""
+    a = np.asarray(value)
+    if dtype == "str":
+        if a.dtype.kind in "OS":
+            a = np.vectorize(lambda v: v.decode("utf-8") if isinstance(v, bytes) else str(v), otypes=[str])(a)
+        a = a.astype(str)
+        if a.dtype.itemsize == 0:  # only empty strings: "<U0" is not a dtype Java can size
+            a = a.astype("<U1")
+        return np.ascontiguousarray(a)
+    return np.ascontiguousarray(a.astype(dtype))
 
 
 class JvmSession:
@@ -178,7 +149,7 @@ class JvmSession:
             if key not in inputs:
                 raise JvmError(f"the model's input '{spec['name']}' has no array (got {sorted(inputs)})")
             path = self.tmp / f"in_{i}.npy"
-            np.save(path, np.ascontiguousarray(np.asarray(inputs[key]).astype(spec.get("dtype", "float32"))))
+            np.save(path, _as_dtype(inputs[key], spec.get("dtype", "float32")))
             feeds[spec["name"]] = str(path)
         try:
             head = self.proc.call({"cmd": "predict", "id": self.id, "inputs": feeds, "outdir": str(self.tmp)})
@@ -223,9 +194,10 @@ class _Jvm(Runtime):
     @property
     def device(self) -> str | None:
         """What `kexport doctor` prints under an available runtime: the JVM and library versions."""
-        if not _PROC or not _PROC[0].alive():
+        proc = _POOL.running()
+        if proc is None:
             return None
-        hello = _PROC[0].hello
+        hello = proc.hello
         lib = (f"DL4J {hello.get('dl4j_version')} (nd4j-native linux-x86_64)" if self.kind == "dl4j"
                else f"ONNX Runtime {hello.get('onnxruntime_version')}")
         mvn = "mvn on PATH" if shutil.which("mvn") else "mvn not on PATH (needed only to rebuild: apt-get install maven)"

@@ -1,8 +1,8 @@
 """TF.js in a real headless browser: runtime `tfjs-chromium`.
 
-The artifact folder is served on 127.0.0.1 (a free port) together with a page rendered from
-templates/tfjs_parity.html.j2 and the TF.js bundle of the npm packages in runtimes/tfjs_node
-(nothing from a CDN). Debian's chromium is driven by Playwright's Python package; Playwright's
+The artifact folder is served on 127.0.0.1 (a free port) together with the parity page
+(tfjs_chromium_page.html, beside this module) and the TF.js bundle of the npm packages in
+runtimes/tfjs_node (nothing from a CDN). Debian's chromium is driven by Playwright's Python package; Playwright's
 own browser download does not work offline. One browser is launched per Python process, on
 first use, and reused by every session (closed atexit). The page keeps TF.js' own backend
 choice (`backend="auto"`: webgl when the browser offers it) unless told otherwise; the backend
@@ -24,20 +24,22 @@ from pathlib import Path
 import numpy as np
 
 from .base import Runtime, module_missing, register_runtime
-from .tfjs_node import RUNNER_DIR, input_names, layers_fetch, output_names, read_model_json
+from .tfjs_model import PACKAGES_DIR, feeds_and_fetch, read_model_json
 
 CHROMIUM = os.environ.get("KEXPORT_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update"]
 LAUNCH_TIMEOUT_MS = 60_000
 CALL_TIMEOUT_MS = 300_000
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+# The page the parity check drives: everything a runtime reads lives in runtimes/ (generated
+# servers copy runtimes, never the templates).
+PAGE = Path(__file__).with_name("tfjs_chromium_page.html")
 INSTALL_HINT = "apt-get install chromium, pip install playwright, and `make node-deps` for the TF.js bundle"
 
 
 def vendor_files() -> dict[str, Path]:
     """URL name -> file for the TF.js browser bundle (from node_modules, served locally)."""
-    tfjs = RUNNER_DIR / "node_modules" / "@tensorflow"
+    tfjs = PACKAGES_DIR / "node_modules" / "@tensorflow"
     files = {"tf.min.js": tfjs / "tfjs" / "dist" / "tf.min.js",
              "tf-backend-wasm.min.js": tfjs / "tfjs-backend-wasm" / "dist" / "tf-backend-wasm.min.js"}
     for wasm in (tfjs / "tfjs-backend-wasm" / "dist").glob("*.wasm"):
@@ -50,14 +52,6 @@ def copy_vendor(dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for name, src in vendor_files().items():
         shutil.copyfile(src, dest / name)
-
-
-def render(template: str, **values) -> str:
-    import jinja2
-
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
-                             autoescape=jinja2.select_autoescape(["html", "j2"]))
-    return env.get_template(template).render(**values)
 
 
 # ---- local HTTP server -------------------------------------------------------------------------
@@ -100,7 +94,7 @@ class _Server:
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.port = self.httpd.server_address[1]
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        _Handler.pages["/parity.html"] = render("tfjs_parity.html.j2", vendor="/vendor")
+        _Handler.pages["/parity.html"] = PAGE.read_text(encoding="utf-8")
 
     def mount(self, folder: Path) -> str:
         prefix = f"/a/{uuid.uuid4().hex[:12]}/"
@@ -186,7 +180,7 @@ def chromium_missing() -> str | None:
         return reason
     missing = [n for n, f in vendor_files().items() if not f.exists()]
     if missing or "tf.min.js" not in vendor_files():
-        return f"TF.js bundle missing in {RUNNER_DIR}/node_modules; run `make node-deps`"
+        return f"TF.js bundle missing in {PACKAGES_DIR}/node_modules; run `make node-deps`"
     return None
 
 
@@ -196,8 +190,7 @@ class TfjsChromiumSession:
         model_json_path = p / "model.json" if p.is_dir() else p
         model_json = read_model_json(model_json_path)
         self.format = fmt
-        self.fetch = output_names(model_json) if fmt == "graph" else layers_fetch({"output_map": output_map})
-        self.feeds = input_names(model_json) if fmt == "graph" else {}
+        self.feeds, self.fetch = feeds_and_fetch(model_json, fmt, output_map)
         b = browser()
         self.server = b.server
         self.page, info, self.console = b.page(backend)

@@ -11,21 +11,19 @@ work offline. The pure-JS cpu backend and the wasm backend are what browsers run
 
 from __future__ import annotations
 
-import atexit
 import json
-import queue
 import shutil
 import struct
-import subprocess
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 from .base import Runtime, register_runtime
+from .child import Child, Pool
+from .tfjs_model import PACKAGES_DIR, feeds_and_fetch, read_model_json
 
-RUNNER_DIR = Path(__file__).resolve().parent / "tfjs_node"
+RUNNER_DIR = PACKAGES_DIR  # runner.js next to its npm packages
 START_TIMEOUT = 60.0
 CALL_TIMEOUT = 300.0
 INSTALL_HINT = "install Node.js >= 18 (apt-get install nodejs npm) and run `make node-deps` (npm ci in runtimes/tfjs_node)"
@@ -45,99 +43,49 @@ class NodeError(RuntimeError):
     pass
 
 
-class NodeProcess:
-    """One `node runner.js BACKEND` child; requests are serialised by a lock."""
+def _frames(stream, note):
+    """Length-prefixed frames: 8-byte little-endian length, then the frame."""
+    while True:
+        head = stream.read(8)
+        if len(head) < 8:
+            return
+        (n,) = struct.unpack("<Q", head)
+        yield stream.read(n)
+
+
+def _reply(frame: bytes):
+    """(header, body): a frame is a 4-byte header length, the JSON header, raw tensor bytes."""
+    (hlen,) = struct.unpack("<I", frame[:4])
+    header = json.loads(frame[4 : 4 + hlen])
+    if not header.get("ok"):
+        raise NodeError(header.get("error") or "TF.js runner error")
+    return header, frame[4 + hlen :]
+
+
+class NodeProcess(Child):
+    """One `node runner.js BACKEND` child (runtimes/child.py: lock, timeouts, restart)."""
 
     def __init__(self, backend: str):
         self.backend = backend
-        t0 = time.perf_counter()
-        self.proc = subprocess.Popen(
-            ["node", str(RUNNER_DIR / "runner.js"), backend], cwd=str(RUNNER_DIR),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
-        self.frames: queue.Queue = queue.Queue()
-        self.stderr_tail: list[str] = []
-        threading.Thread(target=self._read_stdout, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
-        self.lock = threading.Lock()
-        hello, _ = self._wait(START_TIMEOUT, "start")
-        self.hello = hello
-        # wall time from spawn to "backend ready", as a user's Node service would see it
-        self.start_seconds = round(time.perf_counter() - t0, 3)
-
-    def _read_stdout(self):
-        out = self.proc.stdout
-        while True:
-            head = out.read(8)
-            if len(head) < 8:
-                self.frames.put(None)
-                return
-            (n,) = struct.unpack("<Q", head)
-            self.frames.put(out.read(n))
-
-    def _read_stderr(self):
-        for line in self.proc.stderr:
-            self.stderr_tail = (self.stderr_tail + [line.decode(errors="replace").rstrip()])[-20:]
-
-    def _wait(self, timeout: float, what: str):
-        try:
-            frame = self.frames.get(timeout=timeout)
-        except queue.Empty:
-            self.kill()
-            raise NodeError(f"TF.js {self.backend} runner did not answer '{what}' within {timeout:.0f}s") from None
-        if frame is None:
-            tail = [ln for ln in self.stderr_tail if ln.strip()]
-            raise NodeError(f"TF.js {self.backend} runner exited during '{what}'" + (f": {tail[-1]}" if tail else ""))
-        (hlen,) = struct.unpack("<I", frame[:4])
-        header = json.loads(frame[4 : 4 + hlen])
-        if not header.get("ok"):
-            raise NodeError(header.get("error") or "TF.js runner error")
-        return header, frame[4 + hlen :]
+        super().__init__(["node", str(RUNNER_DIR / "runner.js"), backend], cwd=str(RUNNER_DIR),
+                         label=f"TF.js {backend} runner", error=NodeError, read=_frames, decode=_reply,
+                         start_timeout=START_TIMEOUT, kill_wait=5.0)
+        # start_seconds: wall time from spawn to "backend ready", as a user's Node service would see it
+        self.hello = self.hello[0]
 
     def call(self, header: dict, body: bytes = b"", timeout: float = CALL_TIMEOUT):
-        with self.lock:
-            if self.proc.poll() is not None:
-                raise NodeError(f"TF.js {self.backend} runner is not running (exit code {self.proc.returncode})")
-            h = json.dumps(header).encode()
-            payload = struct.pack("<I", len(h)) + h + body
-            try:
-                self.proc.stdin.write(struct.pack("<Q", len(payload)) + payload)
-                self.proc.stdin.flush()
-            except BrokenPipeError as e:
-                raise NodeError(f"TF.js {self.backend} runner closed its input") from e
-            return self._wait(timeout, header.get("cmd", "?"))
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self):
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()
-                self.proc.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        h = json.dumps(header).encode()
+        payload = struct.pack("<I", len(h)) + h + body
+        return super().call(struct.pack("<Q", len(payload)) + payload, header.get("cmd", "?"), timeout)
 
 
-_POOL: dict[str, NodeProcess] = {}
-_POOL_LOCK = threading.Lock()
+_NODES = Pool(NodeProcess)
+_POOL = _NODES.procs  # backend -> NodeProcess (benchmarks/bench_tfjs.py drops one to time a cold start)
 
 
 def node_process(backend: str) -> NodeProcess:
     """The shared Node process for `backend`, (re)started when needed."""
-    with _POOL_LOCK:
-        p = _POOL.get(backend)
-        if p is None or not p.alive():
-            p = _POOL[backend] = NodeProcess(backend)
-        return p
-
-
-@atexit.register
-def _close_pool():
-    for p in list(_POOL.values()):
-        p.kill()
-    _POOL.clear()
+    return _NODES.get(backend)
 
 
 def _pack(inputs: dict[str, np.ndarray]):
@@ -167,41 +115,6 @@ def unpack_tensors(specs: list[dict], body: bytes) -> dict[str, np.ndarray]:
     return out
 
 
-def read_model_json(path) -> dict:
-    """model.json, with a one-line error naming the file when it is broken."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "model.json"
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise NodeError(f"{p}: not a readable TF.js model.json ({type(e).__name__}: {e}); re-run `kexport tfjs`") from e
-    if not isinstance(data, dict) or "weightsManifest" not in data or "modelTopology" not in data:
-        raise NodeError(f"{p}: not a TF.js model.json (no modelTopology/weightsManifest); re-run `kexport tfjs`")
-    return data
-
-
-def output_names(model_json: dict) -> list[tuple[str, str]]:
-    """[(tfjs tensor name, Keras output name)] from a graph model's signature (TF.js reorders
-    multi-output models, so outputs are fetched by name, never by position)."""
-    sig = model_json.get("signature") or {}
-    return [(v["name"].split(":")[0] if v["name"].endswith(":0") else v["name"], k)
-            for k, v in sorted((sig.get("outputs") or {}).items())]
-
-
-def layers_fetch(runtime_options: dict) -> list[list[str]]:
-    """[(layers output name, Keras output name)] in the layers model's output order (from the
-    target's `output_map`): TF.js Sequential models expose no output names, so by position."""
-    return [[k, v] for k, v in (runtime_options.get("output_map") or {}).items()]
-
-
-def input_names(model_json: dict) -> dict[str, str]:
-    """{Keras input name: tfjs tensor name} for a graph model."""
-    sig = model_json.get("signature") or {}
-    return {k: (v["name"][:-2] if v["name"].endswith(":0") else v["name"])
-            for k, v in (sig.get("inputs") or {}).items()}
-
-
 class TfjsNodeSession:
     def __init__(self, backend: str, path: str, fmt: str = "graph", output_map: dict | None = None):
         model_json = read_model_json(path)
@@ -211,8 +124,7 @@ class TfjsNodeSession:
         head, _ = self.proc.call({"cmd": "load", "path": self.path, "format": fmt})
         self.id = head["id"]
         self.load_seconds = head["seconds"]
-        self.fetch = output_names(model_json) if fmt == "graph" else layers_fetch({"output_map": output_map})
-        self.feeds = input_names(model_json) if fmt == "graph" else {}
+        self.feeds, self.fetch = feeds_and_fetch(model_json, fmt, output_map)
         self.predict_seconds: list[float] = []
 
     def predict(self, inputs):

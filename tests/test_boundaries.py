@@ -97,3 +97,63 @@ def test_the_checker_sees_a_violation(tmp_path, monkeypatch):
         assert "kexport.loader" in hits
     finally:
         fake.unlink()
+
+
+# ---- runtimes read only runtimes/ ----------------------------------------------------------------
+
+_OUTSIDE_WORDS = ("templates", "exporter", "..")
+
+
+def _docstrings(tree) -> set[int]:
+    ids = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                ids.add(id(first.value))
+    return ids
+
+
+def _reads_outside(source: str, filename: str = "<probe>") -> list[tuple[int, str]]:
+    """(line, what) for every way a module could reach a file outside its own folder tree: a path
+    climbing from __file__ (`.parent.parent`, `.parents[..]`, nested `os.path.dirname`), or a
+    string naming another top folder of the project ("templates", "exporter") or "..". Comments
+    and docstrings may name them."""
+    tree = ast.parse(source, filename)
+    skip = _docstrings(tree)
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == "parent" and isinstance(node.value, ast.Attribute) \
+                and node.value.attr == "parent":
+            out.append((node.lineno, ".parent.parent"))
+        elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute) and node.value.attr == "parents":
+            out.append((node.lineno, ".parents[...]"))
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "dirname" and node.args \
+                and isinstance(node.args[0], ast.Call) and getattr(node.args[0].func, "attr", None) == "dirname":
+            out.append((node.lineno, "os.path.dirname(os.path.dirname(...))"))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
+            words = [w for w in _OUTSIDE_WORDS if w in node.value.replace("\\", "/").split("/")]
+            if words:
+                out.append((node.lineno, f"path string {node.value!r}"))
+    return sorted(set(out))
+
+
+def test_runtimes_read_only_their_own_folder():
+    """Runtimes are copied into generated servers: a page, a script or a schema a runtime reads
+    lives in runtimes/ (tfjs_chromium_page.html), never in templates/ or the core."""
+    bad = []
+    for path in _sources("runtimes"):
+        for line, what in _reads_outside(path.read_text(), str(path)):
+            bad.append(f"{path.relative_to(ROOT)}:{line} reads outside runtimes/: {what}")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_outside_reader_check_sees_the_old_chromium_page():
+    """What tfjs_chromium.py did before the page moved into runtimes/ is caught, each way."""
+    old = ('from pathlib import Path\n'
+           'TEMPLATES = Path(__file__).resolve().parent.parent / "templates"\n')
+    assert [w for _, w in _reads_outside(old)] == [".parent.parent", "path string 'templates'"]
+    assert _reads_outside('import os\nROOT = os.path.dirname(os.path.dirname(__file__))\n')
+    assert _reads_outside('from pathlib import Path\nP = Path(__file__).parents[1] / "x.j2"\n')
+    assert _reads_outside('P = "../templates/x.j2"\n')
+    assert not _reads_outside('"""Reads ../templates? No."""\nPAGE = "tfjs_chromium_page.html"\n')

@@ -214,3 +214,69 @@ def test_docs_java_programs_compile_and_match(sample_export, tmp_path):
                             "meta": np.array([[0.1, 0.2, 0.3, 0.4]], np.float32)})
     for k, v in want.items():
         np.testing.assert_allclose(printed[k], v[0], atol=1e-6, rtol=1e-5)
+
+
+# ---- runtimes/child.py: the long-lived child both runners use ------------------------------------
+
+def _echo_child(tmp_path, script: str, **kw):
+    """A Python child speaking JSON lines, through the same helper as the JVM runner."""
+    import sys
+
+    from kexport.runtimes.child import Child
+
+    (tmp_path / "child.py").write_text(script)
+    return Child([sys.executable, str(tmp_path / "child.py")], cwd=str(tmp_path), label="the test child",
+                 error=jvm_runner.JvmError, read=jvm_runner._json_lines, decode=jvm_runner._reply,
+                 start_timeout=kw.pop("start_timeout", 30), kill_wait=5, **kw)
+
+
+ECHO = ("import json, sys, time\nprint(json.dumps({'ok': True}), flush=True)\n"
+        "for line in sys.stdin:\n    r = json.loads(line)\n"
+        "    if r['cmd'] == 'sleep': time.sleep(30)\n"
+        "    if r['cmd'] == 'die': sys.stderr.write('dying now\\n'); sys.stderr.flush(); sys.exit(3)\n"
+        "    print('stray native line', flush=True)\n"
+        "    print(json.dumps({'ok': r['cmd'] != 'fail', 'error': 'it failed', 'echo': r}), flush=True)\n")
+
+
+def test_child_answers_times_out_and_reports_its_death(tmp_path):
+    import json as _json
+
+    child = _echo_child(tmp_path, ECHO)
+    try:
+        assert child.call(_json.dumps({"cmd": "hi"}).encode() + b"\n", "hi", 10)["echo"] == {"cmd": "hi"}
+        with pytest.raises(jvm_runner.JvmError, match="^it failed$"):
+            child.call(b'{"cmd": "fail"}\n', "fail", 10)
+        assert child.alive()  # an error reply keeps it serving
+        with pytest.raises(jvm_runner.JvmError, match=r"did not answer 'sleep' within 1s \(killed\)"):
+            child.call(b'{"cmd": "sleep"}\n', "sleep", 1)
+        assert not child.alive()
+        with pytest.raises(jvm_runner.JvmError, match=r"the test child is not running \(exit code"):
+            child.call(b'{"cmd": "hi"}\n', "hi", 10)
+    finally:
+        child.kill()
+    child = _echo_child(tmp_path, ECHO)
+    with pytest.raises(jvm_runner.JvmError, match="exited during 'die': dying now"):
+        child.call(b'{"cmd": "die"}\n', "die", 10)
+
+
+def test_pool_restarts_a_dead_child(tmp_path):
+    from kexport.runtimes.child import Pool
+
+    pool = Pool(lambda key: _echo_child(tmp_path, ECHO))
+    try:
+        first = pool.get()
+        assert pool.get() is first
+        first.kill()
+        second = pool.get()
+        assert second is not first and second.alive()
+    finally:
+        pool.close()
+
+
+def test_a_native_jvm_crash_is_named():
+    tail = ["#", "# A fatal error has been detected by the Java Runtime Environment:", "#",
+            "#  SIGSEGV (0xb) at pc=0x00007f2088c81123, pid=30803, tid=30806", "#",
+            "# An error report file with more information is saved as:", "# /tmp/kexport-jvm-hs_err_pid30803.log",
+            "#", "#   https://bugs.debian.org/openjdk-17", "#"]
+    assert jvm_runner._crash(tail) == "native crash (SIGSEGV), details in /tmp/kexport-jvm-hs_err_pid30803.log"
+    assert jvm_runner._crash(["Exception in thread main", "#"]) == "Exception in thread main"

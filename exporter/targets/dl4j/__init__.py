@@ -40,7 +40,7 @@ class Dl4jTarget(Target):
         from .support import DL4J_VERSION
         from .twin import build_twin
 
-        twin, renames = build_twin(ctx, self.name)
+        twin, renames, rewrites = build_twin(ctx, self.name)
         path = dest / "model.h5"
         try:
             twin.save(str(path), save_format="h5", include_optimizer=False)
@@ -50,6 +50,7 @@ class Dl4jTarget(Target):
         names.update(zip(twin.output_names, ctx.signature.output_names))
         notes = [f"Keras 3 config translated to Keras 2 HDF5 for DL4J {DL4J_VERSION} KerasModelImport "
                  "(tf_keras twin checked on the reference inputs)"]
+        notes += rewrites
         if any(type(layer).__name__ == "Normalization" for layer in ctx.model.layers):
             notes.append("Normalization -> BatchNormalization(gamma=1, beta=0, epsilon=1e-12): same affine map")
         if renames:

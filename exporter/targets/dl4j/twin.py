@@ -31,11 +31,16 @@ def _param_names(layer) -> set[str]:
     return {v.path.rsplit("/", 1)[-1] for v in layer.weights}
 
 
-def unsafe_names(model) -> dict[str, str]:
-    """{layer name: new name} for the layers with weights DL4J's weight import would mangle."""
-    taken = {layer.name for layer in model.layers}
+def unsafe_names(layers) -> dict[str, str]:
+    """{layer name: new name} for the layers with weights DL4J's weight import would mangle
+    (`layers`: the leaf layers, or a model, whose nested models are then looked into)."""
+    if hasattr(layers, "layers"):
+        from ..tfjs import keras2_layers
+
+        layers = keras2_layers(layers)[1]
+    taken = {layer.name for layer in layers}
     renames = {}
-    for layer in model.layers:
+    for layer in layers:
         params = _param_names(layer)
         if not params:
             continue
@@ -105,24 +110,36 @@ def _weights(layer) -> list[np.ndarray]:
 
 
 def build_twin(ctx, target: str):
-    """(tf_keras twin, renames), the twin checked against Keras 3 on the reference inputs."""
+    """(tf_keras twin, renames, notes), the twin checked against Keras 3 on the reference inputs."""
     import tf_keras
 
-    from ..tfjs import check_keras2_twin, keras2_config
+    from ..tfjs import check_keras2_twin, keras2_config, keras2_layers
+    from .rewrite import global_average_3d, unshare
 
     spec, problems = keras2_config(ctx.model)
     if problems:
         raise UnsupportedError(target, problems, "the Keras 2 HDF5 DL4J reads cannot express them")
-    renames = unsafe_names(ctx.model)
-    norms = {layer.name for layer in ctx.model.layers if type(layer).__name__ == "Normalization"}
-    spec = dl4j_spec(spec, renames, norms)
+    _, leaves = keras2_layers(ctx.model)
+    renames = unsafe_names(leaves)
+    norms = {layer.name for layer in leaves if type(layer).__name__ == "Normalization"}
+    spec, copies = unshare(dl4j_spec(spec, renames, norms))
+    shapes = {x.name: tuple(x.input.shape) for x in leaves if type(x).__name__ == "GlobalAveragePooling3D"}
+    shapes.update({c: shapes[o] for c, o in copies.items() if o in shapes})
+    spec, kernels, notes = global_average_3d(spec, shapes)
+    if copies:
+        notes.insert(0, "shared layers duplicated with the same weights (DL4J merges a shared layer's calls): "
+                     + ", ".join(f"{o} -> {c}" for c, o in copies.items()))
     try:
         twin = tf_keras.models.model_from_json(json.dumps(spec))
-        for layer in ctx.model.layers:
+        for layer in leaves:
             if layer.weights:
                 twin.get_layer(renames.get(layer.name, layer.name)).set_weights(_weights(layer))
+        for copy, original in copies.items():
+            twin.get_layer(copy).set_weights(twin.get_layer(original).get_weights())
+        for name, kernel in kernels.items():
+            twin.get_layer(name).set_weights([kernel])
     except Exception as e:  # tf_keras raises ValueError/TypeError/KeyError on a bad config
         raise ConversionError(f"target '{target}': the Keras 2 translation was refused by tf_keras: "
                               f"{first_line(e)}") from e
     check_keras2_twin(twin, ctx, target)
-    return twin, renames
+    return twin, renames, notes

@@ -215,6 +215,18 @@ def keras2_config(model) -> tuple[dict, list[str]]:
     return translate(model)
 
 
+def keras2_layers(model):
+    """(flat Keras 3 layer config entries, leaf layers): nested Functional/Sequential models
+    inlined as keras2_config inlines them (layers.py), for targets that check or fill the twin
+    layer by layer. Raises ValueError (one line) for a nesting that cannot be inlined."""
+    from .layers import flat_config, leaf_layers
+
+    cfg = model.get_config()
+    if not isinstance(cfg, dict) or "layers" not in cfg:  # a subclassed model: no layer graph to read
+        return [], leaf_layers(model)
+    return flat_config(cfg, type(model).__name__ == "Sequential")["layers"], leaf_layers(model)
+
+
 def check_keras2_twin(twin, ctx, target: str) -> None:
     """Raise ConversionError unless a Keras 2 twin computes what the model computes (layers.py)."""
     from .layers import check_twin

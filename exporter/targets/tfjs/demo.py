@@ -36,11 +36,12 @@ def pixel_scale(model) -> float:
 
 
 def write_demo(ctx, dest: Path, model_dir: Path, runtime_options: dict) -> Path:
-    from kexport.runtimes.tfjs_chromium import copy_vendor, render
-    from kexport.runtimes.tfjs_node import input_names, layers_fetch, output_names, read_model_json
+    from kexport.runtimes.tfjs_chromium import copy_vendor
+    from kexport.runtimes.tfjs_model import feeds_and_fetch, read_model_json
 
     fmt = runtime_options.get("format", "graph")
     model_json = read_model_json(model_dir / "model.json")
+    feeds, fetch = feeds_and_fetch(model_json, fmt, runtime_options.get("output_map"))
     sig = ctx.signature
     kind = demo_kind(sig)
     spec = sig.inputs[0]
@@ -60,14 +61,25 @@ def write_demo(ctx, dest: Path, model_dir: Path, runtime_options: dict) -> Path:
             "inputs": [{"name": t.name, "dtype": "int32" if "int" in t.dtype else "float32",
                         "shape": [d if d is not None else -1 for d in t.shape]} for t in sig.inputs],
             "outputs": sig.output_names,
-            "feeds": input_names(model_json) if fmt == "graph" else {},
-            "fetch": output_names(model_json) if fmt == "graph" else layers_fetch(runtime_options),
+            "feeds": feeds,
+            "fetch": fetch,
         }),
         sample=json.dumps(sample),  # in a <textarea>: autoescaped
     )
     (dest / "index.html").write_text(page)
     copy_vendor(dest / "vendor")
     return dest / "index.html"
+
+
+def render(template: str, **values) -> str:
+    """A page from kexport.templates (StrictUndefined, HTML autoescaped)."""
+    import jinja2
+
+    from ... import templates
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates.ROOT)), undefined=jinja2.StrictUndefined,
+                             autoescape=jinja2.select_autoescape(["html", "j2"]))
+    return env.get_template(template).render(**values)
 
 
 def script_json(obj) -> str:

@@ -45,7 +45,12 @@ _DROP = {"module", "registered_name", "build_config", "compile_config", "shared_
 
 def _layer_entries(model):
     cfg = model.get_config()
-    return cfg.get("layers", []) if isinstance(cfg, dict) else []
+    if not isinstance(cfg, dict) or "layers" not in cfg:
+        return []
+    try:
+        return flat_config(cfg, type(model).__name__ == "Sequential")["layers"]
+    except NestingError:
+        return []  # keras2_config reports it
 
 
 def layers_problems(model) -> list[str]:
@@ -59,8 +64,6 @@ def layers_problems(model) -> list[str]:
             problems.append(f"Lambda layer '{name}' (Python code cannot run in TF.js; use the graph format)")
         elif entry.get("registered_name") and entry.get("module") not in (None, "keras.layers") and cls not in TFJS_LAYERS:
             problems.append(f"custom layer '{name}' ({entry['registered_name']}) has no TF.js class")
-        elif cls in ("Functional", "Sequential", "Model"):
-            problems.append(f"nested model '{name}' (flatten it, or use the graph format)")
         elif cls not in TFJS_LAYERS and cls not in EQUIVALENTS:
             problems.append(f"layer '{name}' ({cls}) does not exist in TF.js")
         for key in ("activation", "recurrent_activation"):
@@ -78,6 +81,135 @@ def layers_problems(model) -> list[str]:
 
 def _is_tensor(v) -> bool:
     return isinstance(v, dict) and v.get("class_name") == "__keras_tensor__"
+
+
+# ---- nested models -> one flat graph -------------------------------------------------------------
+
+NESTED = ("Functional", "Sequential", "Model")
+
+
+class NestingError(ValueError):
+    """A nested model that cannot be inlined (one line, names the layer)."""
+
+
+def _tensor(ref) -> dict:
+    return {"class_name": "__keras_tensor__", "config": {"keras_history": list(ref)}}
+
+
+def _as_graph(cfg: dict, sequential: bool) -> dict:
+    """A Functional or Sequential config as {"layers" (with inbound_nodes), "inputs", "outputs"}
+    (inputs/outputs: lists of [layer, node, tensor], dict IO in its key order)."""
+    layers = [dict(e) for e in cfg["layers"]]
+    if not sequential:
+        return {"name": cfg.get("name"), "layers": layers, "inputs": _io(cfg["input_layers"]),
+                "outputs": _io(cfg["output_layers"])}
+    if not layers or layers[0].get("class_name") != "InputLayer":
+        shape = cfg.get("build_input_shape")
+        if shape is None:
+            raise NestingError(f"nested model '{cfg.get('name')}' was never built (no input shape)")
+        layers.insert(0, {"class_name": "InputLayer", "config": {"batch_shape": list(shape), "dtype": "float32",
+                                                                 "name": f"{cfg.get('name')}_input"}})
+    prev = layers[0]["config"]["name"]
+    for e in layers[1:]:
+        e["inbound_nodes"] = [{"args": [_tensor([prev, 0, 0])], "kwargs": {}}]
+        prev = e["config"]["name"]
+    return {"name": cfg.get("name"), "layers": layers, "inputs": [[layers[0]["config"]["name"], 0, 0]],
+            "outputs": [[prev, 0, 0]]}
+
+
+def _refs(args) -> list:
+    out = []
+    for a in args:
+        if _is_tensor(a):
+            out.append(a["config"]["keras_history"])
+        elif isinstance(a, (list, tuple)):
+            out += _refs(a)
+    return out
+
+
+def _remap(value, fn):
+    """The same node structure with every keras tensor's history passed through fn."""
+    if _is_tensor(value):
+        return {**value, "config": {**value["config"], "keras_history": list(fn(value["config"]["keras_history"]))}}
+    if isinstance(value, (list, tuple)):  # get_config() holds tuples until serialised
+        return [_remap(v, fn) for v in value]
+    if isinstance(value, dict):
+        return {k: _remap(v, fn) for k, v in value.items()}
+    return value
+
+
+def _flatten(graph: dict) -> dict:
+    """Inline every nested model of a graph (recursively). A nested model called K times becomes
+    its layers with K times their nodes (shared layers): call k of a layer with n nodes owns nodes
+    k*n .. k*n+n-1, and the nested model's output t of call k is its inner output t under call k."""
+    alias: dict[tuple, list] = {}
+    resolve = lambda ref: alias.get(tuple(ref[:3]), list(ref[:3]))  # noqa: E731
+    layers = []
+    for entry in graph["layers"]:
+        entry = {**entry, "inbound_nodes": _remap(entry.get("inbound_nodes", []), resolve)}
+        if entry.get("class_name") not in NESTED:
+            layers.append(entry)
+            continue
+        outer = entry["config"]["name"]
+        inner = _flatten(_as_graph(entry["config"], entry["class_name"] == "Sequential"))
+        in_names = [r[0] for r in inner["inputs"]]
+        counts = {e["config"]["name"]: len(e.get("inbound_nodes") or []) for e in inner["layers"]}
+        calls = []
+
+        def under(k, ref, calls=calls, in_names=in_names, counts=counts):
+            name, node, tensor = ref[:3]
+            if name in in_names:
+                return list(calls[k][in_names.index(name)])
+            return [name, k * counts[name] + node, tensor]
+
+        for k, node in enumerate(entry["inbound_nodes"]):
+            # resolved call by call: a later call may take an earlier call's outputs
+            got = [resolve(r) for r in _refs(node.get("args", []) if isinstance(node, dict) else [])]
+            if len(got) != len(in_names):
+                raise NestingError(f"nested model '{outer}' is called with {len(got)} tensors for "
+                                   f"{len(in_names)} inputs")
+            calls.append(got)
+            for t, ref in enumerate(inner["outputs"]):
+                alias[(outer, k, t)] = under(k, ref)
+        for e in inner["layers"]:
+            if e.get("class_name") == "InputLayer":
+                continue
+            nodes = e.get("inbound_nodes") or []
+            e = {**e, "inbound_nodes": [_remap(n, lambda r, k=k: under(k, r)) for k in range(len(calls))
+                                        for n in nodes]}
+            layers.append(e)
+    return {**graph, "layers": layers, "inputs": [resolve(r) for r in graph["inputs"]],
+            "outputs": [resolve(r) for r in graph["outputs"]]}
+
+
+def flat_config(cfg: dict, sequential: bool = False) -> dict:
+    """A Functional/Sequential Keras 3 config as one flat Functional graph: nested Functional and
+    Sequential models inlined, a shared one as shared layers. Raises NestingError when two layers
+    would share a name."""
+    if sequential and not any(e.get("class_name") in NESTED for e in cfg["layers"]):
+        return cfg
+    graph = _flatten(_as_graph(cfg, sequential))
+    seen: dict[str, int] = {}
+    for e in graph["layers"]:
+        seen[e["config"]["name"]] = seen.get(e["config"]["name"], 0) + 1
+    dup = sorted(n for n, c in seen.items() if c > 1)
+    if dup:
+        raise NestingError(f"layer name '{dup[0]}' is used inside a nested model and outside it "
+                           "(rename one: a flat Keras 2 model needs unique layer names)")
+    return {"name": cfg.get("name"), "layers": graph["layers"], "input_layers": graph["inputs"],
+            "output_layers": graph["outputs"]}
+
+
+def leaf_layers(model) -> list:
+    """The model's layers with nested models replaced by their own layers (each layer once)."""
+    out, seen = [], set()
+    for layer in model.layers:
+        inner = leaf_layers(layer) if type(layer).__name__ in NESTED else [layer]
+        for x in inner:
+            if id(x) not in seen:
+                seen.add(id(x))
+                out.append(x)
+    return out
 
 
 # ---- Keras 3 config -> Keras 2 config ----------------------------------------------------------
@@ -154,6 +286,10 @@ def _inbound(nodes: list) -> list:
 
 
 def _io(refs) -> list:
+    """input_layers / output_layers as a list of [layer, node, tensor] (a dict in its key order:
+    the signature's order of named inputs and outputs)."""
+    if isinstance(refs, dict):
+        refs = list(refs.values())
     if refs and isinstance(refs[0], str):
         refs = [refs]
     return [list(r) for r in refs]
@@ -165,6 +301,15 @@ def keras2_config(model) -> tuple[dict, list[str]]:
     problems: list[str] = []
     layers = []
     sequential = type(model).__name__ == "Sequential"
+    if not isinstance(cfg, dict) or "layers" not in cfg:
+        return {"class_name": "Functional", "config": {}}, [
+            f"model class {type(model).__name__} has no layer graph in its config (a subclassed model)"]
+    try:
+        flat = flat_config(cfg, sequential)
+    except NestingError as e:
+        return {"class_name": "Functional", "config": {}}, [str(e)]
+    if flat is not cfg:
+        cfg, sequential = flat, False
     for entry in cfg["layers"]:
         layer = _layer_config(entry, problems)
         if not sequential:
@@ -194,7 +339,7 @@ def build_keras2(ctx, target: str):
         raise UnsupportedError(target, problems, "TF.js layers models cannot hold them; the graph format (default) can")
     try:
         twin = tf_keras.models.model_from_json(json.dumps(spec))
-        for layer3 in ctx.model.layers:
+        for layer3 in leaf_layers(ctx.model):
             if layer3.weights:
                 layer2 = twin.get_layer(layer3.name)
                 layer2.set_weights(_weights_for(layer3, layer2))

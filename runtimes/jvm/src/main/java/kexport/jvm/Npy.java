@@ -20,7 +20,7 @@ final class Npy {
     private static final Pattern FORTRAN = Pattern.compile("'fortran_order'\\s*:\\s*(True|False)");
     private static final Pattern SHAPE = Pattern.compile("'shape'\\s*:\\s*\\(([^)]*)\\)");
 
-    /** dtype descr ("<f4", "|u1", ...), C-order shape and little-endian data. */
+    /** dtype descr ("<f4", "|u1", "<U7", ...), C-order shape and little-endian data. */
     static final class Array {
         final String descr;
         final long[] shape;
@@ -36,6 +36,28 @@ final class Npy {
             long n = 1;
             for (long d : shape) n *= d;
             return n;
+        }
+
+        boolean isUnicode() {
+            return descr.startsWith("<U");
+        }
+
+        /** NumPy unicode strings ("<Un": n UTF-32LE code points each, NUL-padded), in C order. */
+        String[] toStrings() {
+            if (!isUnicode()) throw new IllegalArgumentException("npy dtype " + descr + " is not a NumPy unicode string");
+            int width = Integer.parseInt(descr.substring(2));
+            int n = Math.toIntExact(size());
+            String[] out = new String[n];
+            for (int i = 0; i < n; i++) {
+                StringBuilder sb = new StringBuilder();
+                for (int k = 0; k < width; k++) {
+                    int cp = data.getInt((i * width + k) * 4);
+                    if (cp == 0) break;
+                    sb.appendCodePoint(cp);
+                }
+                out[i] = sb.toString();
+            }
+            return out;
         }
 
         /** The values as float32 (DL4J computes in float32). */
@@ -58,6 +80,18 @@ final class Npy {
     }
 
     private Npy() {}
+
+    /** Strings as a NumPy unicode array ("<Un", n = the longest string in code points, at least 1). */
+    static Array ofStrings(String[] values, long[] shape) {
+        int width = 1;
+        for (String v : values) width = Math.max(width, v.codePointCount(0, v.length()));
+        ByteBuffer b = ByteBuffer.allocate(values.length * width * 4).order(ByteOrder.LITTLE_ENDIAN);
+        for (int i = 0; i < values.length; i++) {
+            int[] cps = values[i].codePoints().toArray();
+            for (int k = 0; k < width; k++) b.putInt((i * width + k) * 4, k < cps.length ? cps[k] : 0);
+        }
+        return new Array("<U" + width, shape, b);
+    }
 
     static Array read(Path path) throws IOException {
         byte[] all = Files.readAllBytes(path);

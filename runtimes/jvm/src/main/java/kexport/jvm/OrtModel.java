@@ -18,7 +18,8 @@ final class OrtModel implements Model {
     private static final Map<OnnxJavaType, String> DTYPES = Map.of(
             OnnxJavaType.FLOAT, "float32", OnnxJavaType.DOUBLE, "float64", OnnxJavaType.INT8, "int8",
             OnnxJavaType.INT16, "int16", OnnxJavaType.INT32, "int32", OnnxJavaType.INT64, "int64",
-            OnnxJavaType.BOOL, "bool", OnnxJavaType.UINT8, "uint8", OnnxJavaType.FLOAT16, "float16");
+            OnnxJavaType.BOOL, "bool", OnnxJavaType.UINT8, "uint8", OnnxJavaType.FLOAT16, "float16",
+            OnnxJavaType.STRING, "str");
     private static final Map<OnnxJavaType, String> DESCR = Map.of(
             OnnxJavaType.FLOAT, "<f4", OnnxJavaType.DOUBLE, "<f8", OnnxJavaType.INT8, "|i1",
             OnnxJavaType.INT16, "<i2", OnnxJavaType.INT32, "<i4", OnnxJavaType.INT64, "<i8",
@@ -68,6 +69,13 @@ final class OrtModel implements Model {
                 Npy.Array a = inputs.get(e.getKey());
                 if (a == null) throw new IllegalArgumentException("missing input '" + e.getKey() + "'");
                 TensorInfo info = (TensorInfo) e.getValue().getInfo();
+                if (info.type == OnnxJavaType.STRING) {
+                    if (!a.isUnicode()) {
+                        throw new IllegalArgumentException("input '" + e.getKey() + "' is " + a.descr + ", the model wants strings");
+                    }
+                    feed.put(e.getKey(), OnnxTensor.createTensor(env, a.toStrings(), a.shape));
+                    continue;
+                }
                 String want = DESCR.get(info.type);
                 if (!a.descr.equals(want)) {
                     throw new IllegalArgumentException("input '" + e.getKey() + "' is " + a.descr + ", the model wants " + want);
@@ -82,6 +90,12 @@ final class OrtModel implements Model {
                     }
                     OnnxTensor t = (OnnxTensor) e.getValue();
                     TensorInfo info = t.getInfo();
+                    if (info.type == OnnxJavaType.STRING) {
+                        List<String> values = new ArrayList<>();
+                        flatten(t.getValue(), values);
+                        out.put(e.getKey(), Npy.ofStrings(values.toArray(new String[0]), info.getShape()));
+                        continue;
+                    }
                     String descr = DESCR.get(info.type);
                     if (descr == null) throw new IllegalArgumentException("output '" + e.getKey() + "' has type " + info.type);
                     ByteBuffer data = t.getByteBuffer();
@@ -91,6 +105,15 @@ final class OrtModel implements Model {
             return out;
         } finally {
             for (OnnxTensor t : feed.values()) t.close();
+        }
+    }
+
+    /** A string tensor's value (String, String[], String[][], ...) in C order. */
+    private static void flatten(Object value, List<String> out) {
+        if (value instanceof String) {
+            out.add((String) value);
+        } else {
+            for (Object item : (Object[]) value) flatten(item, out);
         }
     }
 

@@ -32,6 +32,8 @@ import java.util.jar.JarFile;
  *        -> {"ok", "seconds", "outputs": {name: "D/out_K.npy"}}   (K = output position)
  *   {"cmd": "dispose", "id": I} -> {"ok"}
  * </pre>
+ * Tensors are .npy files: numbers in their NumPy dtype, strings (an ONNX string input or output)
+ * as NumPy unicode ("&lt;Un", UTF-32), which Python writes and reads without a pickle.
  * Errors come back as {"ok": false, "error", "type"} and the runner keeps serving. The first line
  * written is {"ok", "runner", "java", versions} once the JVM is up. Everything else the JVM or a
  * library prints goes to stderr: System.out is pointed at stderr before any library loads.
