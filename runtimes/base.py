@@ -55,6 +55,12 @@ class Runtime:
     def prepare(self) -> None:
         return None
 
+    # Optional: what a latency table does not show about this runtime on one artifact (process
+    # start, load, first call, the backend a browser picked), for report.json `runtime_timing`
+    # under --benchmark. None when there is nothing beyond the latency `kexport.runtimes.latency` measures.
+    def timing(self, path: str, inputs: dict[str, np.ndarray], **options) -> dict | None:
+        return None
+
 
 _RUNTIMES: dict[str, Runtime] = {}
 

@@ -283,3 +283,6 @@ class TfjsChromium(Runtime):
     def load(self, path, **options):
         return TfjsChromiumSession(str(path), options.get("format", "graph"), options.get("backend", "auto"),
                                    options.get("output_map"))
+
+    def timing(self, path, inputs, **options):
+        return page_info(options.get("backend", "auto"))

@@ -172,6 +172,10 @@ class _TfjsNode(Runtime):
         if not node_missing():
             node_process(self.backend)  # the shared process, reused by available() and every session
 
+    def timing(self, path, inputs, **options):
+        return backend_timing(self.backend, path, inputs, fmt=options.get("format", "graph"),
+                              output_map=options.get("output_map"))
+
 
 @register_runtime
 class TfjsNodeCpu(_TfjsNode):
@@ -185,35 +189,32 @@ class TfjsNodeWasm(_TfjsNode):
     backend = "wasm"
 
 
-def timing(path, inputs: dict[str, np.ndarray], *, fmt: str = "graph", output_map=None, repeats: int = 5,
-           budget_s: float = 2.0) -> dict:
-    """Node start, model load and single-sample prediction latency per backend (for report.json;
+def backend_timing(backend: str, path, inputs: dict[str, np.ndarray], *, fmt: str = "graph", output_map=None,
+                   repeats: int = 5, budget_s: float = 2.0) -> dict:
+    """Node start, model load and single-sample prediction latency on one backend (for report.json;
     benchmarks/bench_tfjs.py measures longer). At most `repeats` timed calls after a warm-up, fewer
     when they exceed `budget_s` (a big model on the pure-JS cpu backend takes seconds per call).
     A backend that cannot run gives {"error": reason}."""
     reason = node_missing()
     if reason:
-        return {"cpu": {"skipped": reason}, "wasm": {"skipped": reason}}
+        return {"skipped": reason}
     one = {k: np.asarray(v)[:1] for k, v in inputs.items()}
-    out = {}
-    for backend in ("cpu", "wasm"):
+    try:
+        proc = node_process(backend)
+        s = TfjsNodeSession(backend, str(path), fmt, output_map)
         try:
-            proc = node_process(backend)
-            s = TfjsNodeSession(backend, str(path), fmt, output_map)
-            try:
-                s.predict(one)  # warm-up: first call compiles kernels / allocates
-                t0 = time.perf_counter()
-                for _ in range(repeats):
-                    s.predict(one)
-                    if time.perf_counter() - t0 > budget_s:
-                        break
-            finally:
-                s.close()
-            lat = sorted(s.predict_seconds[1:])
-            out[backend] = {"node_start_s": proc.start_seconds, "load_s": round(s.load_seconds, 4),
-                            "first_predict_ms": round(s.predict_seconds[0] * 1e3, 3),
-                            "predict_ms_median": round(lat[len(lat) // 2] * 1e3, 3), "timed_calls": len(lat)}
-        except NodeError as e:
-            out[backend] = {"error": str(e)}
-    return out
+            s.predict(one)  # warm-up: first call compiles kernels / allocates
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                s.predict(one)
+                if time.perf_counter() - t0 > budget_s:
+                    break
+        finally:
+            s.close()
+        lat = sorted(s.predict_seconds[1:])
+        return {"node_start_s": proc.start_seconds, "load_s": round(s.load_seconds, 4),
+                "first_predict_ms": round(s.predict_seconds[0] * 1e3, 3),
+                "predict_ms_median": round(lat[len(lat) // 2] * 1e3, 3), "timed_calls": len(lat)}
+    except NodeError as e:
+        return {"error": str(e)}
 

@@ -175,13 +175,10 @@ class TfjsTarget(Target):
 
     def _timing(self, art: Artifact, ctx) -> dict:
         """Node start, load and per-prediction latency, cpu vs wasm, and the backend the browser
-        page uses (report.json `runtime_timing`)."""
-        from kexport.runtimes import tfjs_chromium, tfjs_node
+        page uses (report.json `runtime_timing`): each runtime's own `timing()`."""
+        from kexport.runtimes import get_runtime
 
-        kw = dict(fmt=art.runtime_options.get("format", "graph"), output_map=art.runtime_options.get("output_map"))
-        out = {f"tfjs-node-{b}": v for b, v in tfjs_node.timing(art.path, ctx.inputs, **kw).items()}
-        out["tfjs-chromium"] = tfjs_chromium.page_info()
-        return out
+        return {name: get_runtime(name).timing(str(art.path), ctx.inputs, **art.runtime_options) for name in self.runtimes}
 
 
 def _ops_from_error(text: str) -> list[str]:
