@@ -26,6 +26,7 @@ REFUSED = {
     ("pixels", "dl4j"): "Rescaling",
     ("mobilenet_block", "dl4j"): "Rescaling",
     ("mha", "dl4j"): "MultiHeadAttention",
+    ("video3d", "dl4j"): "(MaxPooling3D): DL4J infers a wrong output shape",
     ("strings", "coreml"): "string tensor",
     ("strings", "tfjs"): "string tensor",
     ("strings", "dl4j"): "string tensor",
