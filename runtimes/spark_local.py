@@ -65,26 +65,120 @@ class SparkLocalRuntime(Runtime):
             _SPARK["java"] = java_problem()
         return _SPARK["java"]
 
+    def prepare(self) -> None:
+        """Start the SparkSession on the Spark thread while the model loads (not waited for here;
+        a start that fails is started again, and reported, by the first `load`)."""
+        if self.available() is None:
+            on_spark_thread_async(_session)
+
     def load(self, path, **options):
         return SparkLocalSession(Path(path))
 
 
 def shared_session():
     """The process-wide local[2] SparkSession (created on first use, stopped at exit)."""
-    with _LOCK:
-        if "session" not in _SPARK:
-            from pyspark.sql import SparkSession
+    return on_spark_thread(_session)
 
-            # the Python workers must be this interpreter: it has the runtimes, pyarrow and numpy
-            os.environ["PYSPARK_PYTHON"] = sys.executable
-            spark = (SparkSession.builder.master(MASTER).appName("kexport-spark-local")
-                     .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
-                     .config("spark.sql.shuffle.partitions", "2")
-                     .getOrCreate())
-            spark.sparkContext.setLogLevel("ERROR")
-            _SPARK["session"] = spark
-            atexit.register(_stop)
-        return _SPARK["session"]
+
+def on_spark_thread(fn, *args):
+    """Run `fn(*args)` on the process's one Spark thread and return its result.
+
+    py4j pins one socket to each Python thread that calls the JVM; `kexport all` checks artifacts
+    on verifier threads that come and go with every run, so each run would open (and a dying
+    thread close) connections to the shared JVM. One long-lived thread keeps one connection for
+    the whole process, and never two Spark jobs of this runtime at once.
+    """
+    return on_spark_thread_async(fn, *args).result()
+
+
+def on_spark_thread_async(fn, *args):
+    """The same, returning a Future. The thread is a daemon: a run that ends early (a refused
+    model) does not wait at exit for a SparkSession that `prepare` is still starting."""
+    from concurrent.futures import Future
+
+    with _LOCK:
+        if "queue" not in _SPARK:
+            import queue
+
+            _SPARK["queue"] = queue.SimpleQueue()
+            threading.Thread(target=_serve, args=(_SPARK["queue"],), name="kexport-spark-local", daemon=True).start()
+    future = Future()
+    _SPARK["queue"].put((future, fn, args))
+    return future
+
+
+def _serve(jobs) -> None:
+    while True:
+        future, fn, args = jobs.get()
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn(*args))
+            except BaseException as e:  # re-raised in the caller's thread by Future.result()  # noqa: BLE001
+                future.set_exception(e)
+
+
+def _session():
+    if "session" not in _SPARK:
+        import warnings
+
+        # pyspark warns about pandas >= 3 on import; nothing here hands a row to pandas
+        warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")
+        from pyspark.sql import SparkSession
+
+        # the Python workers must be this interpreter: it has the runtimes, pyarrow and numpy
+        os.environ["PYSPARK_PYTHON"] = sys.executable
+        _launch_quietly()
+        spark = (SparkSession.builder.master(MASTER).appName("kexport-spark-local")
+                 .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
+                 .config("spark.sql.shuffle.partitions", "2")
+                 .getOrCreate())
+        spark.sparkContext.setLogLevel("ERROR")
+        _SPARK["session"] = spark
+        atexit.register(_stop)
+    return _SPARK["session"]
+
+
+def log_path() -> Path | None:
+    """The file that holds the JVM's output (Spark's log4j lines, the Python workers' stderr)."""
+    return _SPARK.get("log")
+
+
+def _launch_quietly() -> None:
+    """Start Spark's JVM with its stdout and stderr in a log file, not the user's terminal
+    (log4j banners, "WARN Utils: Your hostname ...", the JDK's incubator notice). With --debug
+    (KEXPORT_DEBUG=1) the JVM writes to the terminal as before. A JVM already started in this
+    process (by the caller) is left as it is."""
+    from pyspark import SparkContext
+    from pyspark.java_gateway import launch_gateway
+
+    if SparkContext._gateway is not None or os.environ.get("KEXPORT_DEBUG"):
+        return
+    log = Path(tempfile.mkdtemp(prefix="kexport-spark-local-log-")) / "spark.log"
+    _SPARK["log"] = log
+    atexit.register(_remove_log)
+    with open(log, "ab") as out:  # Popen duplicates the descriptor; the JVM keeps writing after this closes
+        try:
+            gateway = launch_gateway(popen_kwargs={"stdout": out, "stderr": subprocess.STDOUT})
+        except Exception as e:
+            _SPARK["keep_log"] = True
+            raise RuntimeError(f"Spark did not start: {log_error(log) or e} (Spark's log: {log})") from e
+    SparkContext._ensure_initialized(gateway=gateway)
+
+
+def log_error(log: Path | None) -> str:
+    """The last line of the JVM's log that names an error or exception ('' if none)."""
+    try:
+        lines = Path(log).read_text(encoding="utf-8", errors="replace").splitlines() if log else []
+    except OSError:
+        return ""
+    hits = [ln.strip() for ln in lines if ("Exception" in ln or "Error" in ln or " ERROR " in ln) and ln.strip()]
+    return hits[-1][:300] if hits else ""
+
+
+def _remove_log() -> None:
+    log = _SPARK.get("log")
+    if log is not None and not _SPARK.get("keep_log"):  # a failure's log stays for the user to read
+        shutil.rmtree(log.parent, ignore_errors=True)
 
 
 def _stop() -> None:
@@ -99,6 +193,11 @@ def _stop() -> None:
         shutil.rmtree(Path(tempfile.gettempdir()) / f"kexport-spark-{app}", ignore_errors=True)
 
 
+def _np_dtype(dtype: str):
+    """schema.json's dtype as NumPy's: a "string" tensor is an object array of str (Arrow/Parquet strings)."""
+    return np.dtype(object) if dtype == "string" else np.dtype(dtype)
+
+
 def write_parquet(path: Path, inputs: dict, specs: list[dict]) -> int:
     """The reference inputs as a Parquet table: `row_id` plus one column per input (a scalar for
     one-value inputs, else a flat array of the row's values)."""
@@ -108,7 +207,7 @@ def write_parquet(path: Path, inputs: dict, specs: list[dict]) -> int:
     n = len(np.asarray(inputs[specs[0]["name"]]))
     cols, names = [pa.array(np.arange(n, dtype=np.int64))], [ROW_ID]
     for spec in specs:
-        x = np.asarray(inputs[spec["name"]]).astype(spec["dtype"], copy=False)
+        x = np.asarray(inputs[spec["name"]]).astype(_np_dtype(spec["dtype"]), copy=False)
         if not spec["dims"]:
             cols.append(pa.array(x))
         else:
@@ -138,7 +237,7 @@ def read_outputs(path: Path, specs: list[dict], n: int) -> dict:
         for _ in spec["dims"]:
             col = col.flatten()
         values = col.to_numpy(zero_copy_only=False).reshape((n,) + tuple(spec["dims"]))
-        out[spec["name"]] = values[order].astype(spec["dtype"], copy=False)
+        out[spec["name"]] = values[order].astype(_np_dtype(spec["dtype"]), copy=False)
     return out
 
 
@@ -152,16 +251,23 @@ class SparkLocalSession:
         self.spark = shared_session()
 
     def predict(self, inputs):
+        return on_spark_thread(self._predict, inputs)
+
+    def _predict(self, inputs):
         work = Path(tempfile.mkdtemp(prefix="kexport-spark-local-run-"))
         try:
             n = write_parquet(work / "in.parquet", inputs, self.schema["inputs"])
-            err = io.StringIO()
-            with contextlib.redirect_stderr(err):
-                code = self.job.main(["--input", str(work / "in.parquet"), "--output", str(work / "out.parquet"),
-                                      "--master", MASTER], spark=self.spark)
+            err = io.StringIO()  # the job's one `error:` line (score.py main's stderr=, not sys.stderr:
+            # swapping sys.stderr would capture, and race with, every other thread of the process)
+            code = self.job.main(["--input", str(work / "in.parquet"), "--output", str(work / "out.parquet"),
+                                  "--master", MASTER], spark=self.spark, stderr=err)
             if code != 0:
                 lines = err.getvalue().strip().splitlines()
-                raise RuntimeError(f"score.py exited with {code}: {lines[-1] if lines else 'no message'}")
+                log = log_path()
+                if log is not None:
+                    _SPARK["keep_log"] = True
+                raise RuntimeError(f"score.py exited with {code}: {lines[-1] if lines else 'no message'}"
+                                   + (f" (Spark's log: {log})" if log is not None else ""))
             return read_outputs(work / "out.parquet", self.schema["outputs"], n)
         finally:
             shutil.rmtree(work, ignore_errors=True)

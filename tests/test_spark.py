@@ -465,3 +465,135 @@ def test_spark_submit_command_line(multi, tmp_path):
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("error: ") and "missing column(s) ['meta']" in last, proc.stdout[-2000:]
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------- issue 10 / 16.3: strings, threads, a quiet terminal
+
+def _export_path(model: Path, out: Path):
+    import kexport
+
+    return kexport.export(str(model), ["spark"], out)
+
+
+def _string_model(path: Path) -> Path:
+    import keras
+    from keras import layers as L
+
+    keras.utils.set_random_seed(0)
+    i = keras.Input((1,), dtype="string", name="city")
+    x = L.StringLookup(vocabulary=["paris", "rome", "oslo", "lima"], output_mode="one_hot")(i)
+    keras.Model(i, L.Dense(3, activation="softmax", name="probs")(x)).save(path)
+    return path
+
+
+def test_string_inputs_are_parquet_strings(tmp_path, spark):
+    """Input(dtype="string") + StringLookup: verified on Spark, and the job scores a string column
+    (Parquet and Arrow strings) and refuses numbers for it before scoring."""
+    import keras
+
+    model = _string_model(tmp_path / "strings.keras")
+    row = _row(_export_path(model, tmp_path / "out"))
+    assert row.status == "passed", row.reason
+    pkg = tmp_path / "out" / "spark"
+    assert json.loads((pkg / "schema.json").read_text())["inputs"][0]["dtype"] == "string"
+    cities = ["oslo", "lima", "paris", "berlin", "rome"]  # "berlin": out of vocabulary, still a string
+    src = write_table(tmp_path / "in.parquet", id=list(range(5)), city=pa.array(cities, pa.string()))
+    code, err = run_job(pkg, "--input", src, "--output", tmp_path / "scored")
+    assert code == 0, err
+    import tensorflow as tf
+
+    want = keras.saving.load_model(model).predict(tf.constant(np.array(cities).reshape(-1, 1)), verbose=0)
+    _close(read_sorted(tmp_path / "scored")["probs"], want)
+    bad = write_table(tmp_path / "num.parquet", id=[0], city=pa.array([1.5]))
+    code, err = run_job(pkg, "--input", bad, "--output", tmp_path / "o2")
+    assert code == 2 and "column 'city' is double; the model takes a string per row" in err, err
+
+
+def test_spark_local_runs_every_job_on_one_thread_without_swapping_stderr(multi):
+    """`kexport all` verifies on short-lived threads; every Spark call of spark-local runs on one
+    long-lived thread (one py4j connection for the process: a verifier thread's own connection
+    was reset under load, issue 10's mixed16 cell) and the job's error line is captured without
+    replacing sys.stderr for every other thread of the process."""
+    import threading
+
+    from kexport.runtimes import get_runtime
+
+    session = get_runtime("spark-local").load(multi[1] / "spark")
+    inputs, outputs = _reference(multi[1])
+    seen, real_main, stderr = [], session.job.main, sys.stderr
+
+    def recording_main(*args, **kwargs):
+        seen.append((threading.current_thread().name, sys.stderr is stderr))
+        return real_main(*args, **kwargs)
+
+    session.job.main = recording_main
+    got = []
+    for _ in range(2):  # two callers that come and go, as a verifier pool's threads do
+        t = threading.Thread(target=lambda: got.append(session.predict(inputs)))
+        t.start()
+        t.join()
+    assert len(got) == 2 and all(np.allclose(g["score"], outputs["score"], atol=ATOL, rtol=RTOL) for g in got)
+    assert [name.startswith("kexport-spark-local") for name, _ in seen] == [True, True], seen
+    assert all(same for _, same in seen), seen
+
+
+def test_mixed_float16_model_passes_on_real_spark(tmp_path, spark):
+    import keras
+    from keras import layers as L
+
+    keras.utils.set_random_seed(0)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        x = i = keras.Input((12, 12, 1), name="image")
+        x = L.Dense(8, activation="relu")(L.Flatten()(L.Conv2D(4, 3, activation="relu")(x)))
+        model = keras.Model(i, L.Dense(3, activation="softmax", dtype="float32", name="probs")(x))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model.save(tmp_path / "mixed16.keras")
+    row = _row(_export_path(tmp_path / "mixed16.keras", tmp_path / "out"))
+    assert row.status == "passed", row.reason
+
+
+JVM_LINES = re.compile(r"incubator modules|log4j|WARN Utils|NativeCodeLoader|Setting default log level|"
+                       r"sc\.setLogLevel|SPARK_LOCAL_IP|^\d\d/\d\d/\d\d \d\d:\d\d:\d\d (?:WARN|INFO|ERROR)", re.M)
+
+
+def test_cli_keeps_spark_and_the_jvm_off_the_terminal(tmp_path):
+    """`kexport spark` in a fresh process (its own JVM, started by spark-local): no JVM or log4j
+    line reaches the user's stdout or stderr; the verdict does."""
+    if _spark_or_skip() is None:  # pragma: no cover - skips when Spark cannot run here
+        return
+    env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET",
+                                                            "KEXPORT_DEBUG")}
+    proc = subprocess.run([sys.executable, "-m", "kexport", "spark", str(SAMPLE_MODELS["two_in_two_out"]), "-o",
+                           str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(r"spark-local\s+passed", proc.stdout), proc.stdout
+    leaked = JVM_LINES.findall(proc.stdout + "\n" + proc.stderr)
+    assert not leaked, (leaked, proc.stderr[-2000:])
+
+
+def test_a_failing_job_says_the_real_error_in_one_line(multi, tmp_path, monkeypatch):
+    """Spark's output is in a log, not on the terminal; a failure still names its cause (the
+    Python worker's exception, not py4j's "An error occurred while calling o123.parquet") and the log."""
+    from kexport.parity import check_artifact
+    from kexport.runtimes import spark_local
+    from kexport.targets.base import FP32, Artifact
+
+    monkeypatch.setitem(spark_local._SPARK, "keep_log", False)  # this failure is wanted: the log goes at exit
+    _, out = multi
+    broken = tmp_path / "broken"
+    shutil.copytree(out / "spark", broken)
+    udf = broken / "kexport_spark" / "udf.py"
+    text = udf.read_text()
+    needle = "    n = batch.num_rows\n"
+    assert needle in text
+    udf.write_text(text.replace(needle, needle + '    raise MemoryError("kexport-test: the worker ran out of memory")\n'))
+    inputs, outputs = _reference(out)
+    (row,) = check_artifact(Artifact(broken), ["spark-local"], inputs, outputs, FP32)
+    assert row.status == "failed", row
+    assert "MemoryError: kexport-test: the worker ran out of memory" in row.reason, row.reason
+    assert "\n" not in row.reason and "Traceback" not in row.reason
+    log = spark_local.log_path()
+    if log is not None:  # the JVM was started by spark-local (not --debug): its log is named and kept
+        assert f"Spark's log: {log}" in row.reason and log.is_file()
