@@ -34,7 +34,7 @@ def bench(name: str, size: int, precision: str, repeat: int, workdir: Path) -> d
     if not path.exists():
         application(name, (size, size, 3), seed=1).save(path)
     ctx = build_context(path, ExportOptions(samples=2))
-    variant = "fp16" if precision == "float16" else "fp32"
+    variant = "float16" if precision == "float16" else "fp32"
     t0 = time.perf_counter()
     art = get_target("coreml").export(ctx, workdir / f"{name}_{variant}", CoreMLOptions(precision=precision), variant)
     convert_s = time.perf_counter() - t0

@@ -142,7 +142,8 @@ def export(model, targets=("all",), out_dir="kexport-out", *, options: ExportOpt
     if options.quantize:
         from .quantize import check_thresholds, check_vocabulary
 
-        check_vocabulary(options.quantize, chosen)
+        for line in check_vocabulary(options.quantize, chosen):
+            say(line)  # a deprecated spelling, still accepted
         check_thresholds(options.min_agreement, options.max_accuracy_drop)
     out = Path(out_dir)
     check_writable(out)
@@ -426,7 +427,8 @@ def _verify_variant(target, ctx, topts, options: ExportOptions, row: TargetResul
 
     if parity is None:
         tol = _tolerance(target, row.variant, topts, options)
-        parity = check_artifact(art, target.runtimes, ctx.inputs, ctx.outputs, tol)
+        noise, note = target.conditioning(art)
+        parity = check_artifact(art, target.runtimes, ctx.inputs, ctx.outputs, tol, noise=noise, note=note)
         parity += target.checks(ctx, art, topts, tol)
     row.parity = parity
     for p in row.parity:
@@ -584,10 +586,11 @@ def _verify_row(out: Path, row: dict, inputs, outputs, model: dict, options: Exp
                                           f"says {str(row.get('sha256'))[:12]}...); re-run the export")
         return tr
     tr.status, tr.size_bytes, tr.sha256 = "ok", _size(path), sha
-    tol = _tolerance(target, tr.variant, target.Options(), options)
     art = Artifact(path, tr.variant, runtime_options=row.get("runtime_options", {}), skip=row.get("runtime_skip", {}))
+    tol = _tolerance(target, tr.variant, target.Options(), options)
+    noise, note = target.conditioning(art)
     say(f"verifying {row['target']}/{tr.variant}")
-    tr.parity = check_artifact(art, target.runtimes, inputs, outputs, tol)
+    tr.parity = check_artifact(art, target.runtimes, inputs, outputs, tol, noise=noise, note=note)
     tr.parity += target.checks(_VerifyContext(inputs, outputs, model), art, target.Options(), tol)
     mark_unverified(tr)
     return tr

@@ -100,9 +100,10 @@ def _submit(conv, ctx, options, pool: ThreadPoolExecutor, on_this_thread: list) 
             pending.append(None)
             continue
         tol = _tolerance(target, row.variant, topts, options)
+        noise, note = target.conditioning(art)
         jobs = []
         for name in target.runtimes:
-            job = functools.partial(check_artifact, art, [name], ctx.inputs, ctx.outputs, tol)
+            job = functools.partial(check_artifact, art, [name], ctx.inputs, ctx.outputs, tol, noise=noise, note=note)
             if getattr(get_runtime(name), "thread_bound", False):
                 jobs.append(Future())
                 on_this_thread.append(functools.partial(_run_into, jobs[-1], job))

@@ -113,12 +113,18 @@ def well_conditioned(reference: dict, tol) -> np.ndarray | None:
     noise = getattr(reference, "noise", None)
     if not noise:
         return None
+    return inside(noise, reference, tol)
+
+
+def inside(noise: dict, reference: dict, tol) -> np.ndarray | None:
+    """Boolean mask of the samples whose deviation in `noise` ({output: per sample}) is inside
+    the tolerance of every output (None when no output has one)."""
     keep = None
     for name, dev in noise.items():
         if name not in reference:
             continue
         ref = np.asarray(reference[name])
-        if ref.dtype.kind not in "biuf":
+        if ref.dtype.kind not in "biuf" or len(np.atleast_1d(dev)) != len(ref):
             continue
         scale = float(np.max(np.abs(ref.astype(np.float64)))) if ref.size else 0.0
         ok = np.asarray(dev) <= tol.atol + tol.rtol * scale
@@ -220,10 +226,14 @@ def _merge(rows: list[ParityRow]) -> ParityRow:
     )
 
 
-def _judge(name: str, sets: list, got_sets: list, tol) -> ParityRow:
+def _judge(name: str, sets: list, got_sets: list, tol, noise: list | None = None) -> ParityRow:
     rows = []
-    for (ref_in, ref_out), got in zip(sets, got_sets):
+    for i, ((ref_in, ref_out), got) in enumerate(zip(sets, got_sets)):
         keep = well_conditioned(ref_out, tol)
+        if noise and i < len(noise):
+            own = inside(noise[i], ref_out, tol)
+            if own is not None:
+                keep = own if keep is None else keep & own
         if keep is not None and not keep.any():
             continue
         row = compare(name, ref_out, got, tol, keep)
@@ -235,24 +245,29 @@ def _judge(name: str, sets: list, got_sets: list, tol) -> ParityRow:
     if not rows:
         return ParityRow(name, "uninformative", atol=tol.atol, rtol=tol.rtol, samples=0, ill_conditioned=total,
                          reason=f"all {total} reference samples are ill-conditioned: Keras' own output moves "
-                                f"beyond the tolerance when the inputs move by one float32 ulp",
+                                f"beyond the tolerance when the inputs move by one float32 ulp"
+                                + (" or when it computes in the artifact's precision" if noise else ""),
                          input_shapes=[_shapes(s[0]) for s in sets])
     row = _merge(rows)
     row.ill_conditioned = total - row.samples
     return row
 
 
-def check_artifact(artifact, runtime_names, reference_in, reference_out, tol, *, model=None, signature=None):
+def check_artifact(artifact, runtime_names, reference_in, reference_out, tol, *, model=None, signature=None,
+                   noise: list | None = None, note: str | None = None):
     """Run the artifact in each runtime; an unavailable runtime is a skipped row with its reason.
 
     `reference_out` may carry (as a ReferenceOutputs) the Keras noise floor and reference data at
-    a second input size (free dimensions): every runtime is checked on each size."""
+    a second input size (free dimensions): every runtime is checked on each size. `noise` (per
+    reference set {output: per-sample deviation}) and `note`: what the artifact's own arithmetic
+    does to the model (Target.conditioning); samples beyond the tolerance there are left out too."""
     from kexport.runtimes import get_runtime
     from kexport.runtimes.base import UnsupportedOp
     from kexport.runtimes.isolated import IsolatedSession
 
     rows = []
     tol, tol_note = for_compute_dtype(tol, reference_out)
+    tol_note = "; ".join(n for n in (note, tol_note) if n) or None
     sets = [(reference_in, reference_out)] + list(getattr(reference_out, "alternates", ()) or ())
     dull = uninformative(reference_out)
     # Absolute: runtimes run in other processes with other working directories (Node, gunicorn).
@@ -261,7 +276,7 @@ def check_artifact(artifact, runtime_names, reference_in, reference_out, tol, *,
         rt = get_runtime(name)
         reason = artifact.skip.get(name) or rt.available()
         if reason:
-            rows.append(ParityRow(name, "skipped", atol=tol.atol, rtol=tol.rtol, reason=reason))
+            rows.append(ParityRow(name, "skipped", atol=tol.atol, rtol=tol.rtol, reason=reason, tolerance_note=tol_note))
             continue
         if getattr(rt, "validates", False):  # a validator (manifest schemas): problems, not outputs
             rows.append(_validation_row(rt, path, artifact.runtime_options, tol))
@@ -290,7 +305,7 @@ def check_artifact(artifact, runtime_names, reference_in, reference_out, tol, *,
         finally:
             if session is not None:
                 session.close()
-        row = _judge(name, sets, got_sets, tol)
+        row = _judge(name, sets, got_sets, tol, noise)
         row.seconds = round(time.perf_counter() - t0, 3)
         row.tolerance_note = tol_note
         if dull and row.status == "passed":

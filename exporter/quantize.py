@@ -62,9 +62,13 @@ def selected(value, choices) -> list[str]:
     return [c for c in choices if c in asked]
 
 
-def check_vocabulary(value, targets) -> None:
-    """Every requested variant must exist on at least one chosen target."""
+def check_vocabulary(value, targets) -> list[str]:
+    """Every requested variant must exist on at least one chosen target. Returns one line per
+    deprecated spelling used (a target's QUANTIZE_ALIASES: CoreML's old `fp16`, `palettized`)."""
+    aliases = {a: c for t in targets for a, c in getattr(t, "QUANTIZE_ALIASES", {}).items()}
     asked = [v for v in requested(value) if v != ALL]
+    notes = [f"--quantize {v} is deprecated; it means {aliases[v]}" for v in asked if v in aliases]
+    asked = [aliases.get(v, v) for v in asked]
     offered = {t.name: quantize_choices(t) for t in targets}
     known = {c for cs in offered.values() for c in cs}
     unknown = [v for v in asked if v not in known]
@@ -72,6 +76,7 @@ def check_vocabulary(value, targets) -> None:
         menu = "; ".join(f"{n}: {'|'.join(cs)}" for n, cs in offered.items() if cs) or "none of them quantize"
         raise UsageError(f"--quantize {','.join(unknown)} is not a variant of the chosen targets "
                          f"({menu}; or 'all' for every variant of each)")
+    return notes
 
 
 def check_thresholds(min_agreement: float, max_accuracy_drop: float) -> None:

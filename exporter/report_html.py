@@ -166,7 +166,7 @@ def snippets(report: dict) -> dict:
     model = report["model"]
     ins = [{"name": t["name"], "shape": _shape(t), "dtype": t.get("dtype", "float32")} for t in model.get("inputs", [])]
     outs = [{"name": t["name"], "shape": _shape(t)} for t in model.get("outputs", [])]
-    arts = {t["target"]: t["artifact"] for t in report["targets"] if t.get("artifact") and t.get("variant", "fp32") in ("fp32", "fp16")}
+    arts = {t["target"]: t["artifact"] for t in report["targets"] if t.get("artifact") and t.get("variant", "fp32") in ("fp32", "float16", "fp16")}
     name = Path(model.get("path") or "model").stem.replace(".", "_") or "model"
     for t in report["targets"]:
         if t["target"] in ("tf-serving", "flask") and t.get("model_name"):

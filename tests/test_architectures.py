@@ -118,3 +118,87 @@ def test_grouped_conv_rewrite_is_exact():
         got = tf.function(lambda t: conv(t))(tf.constant(x)).numpy()
     assert any("grouped Conv (groups=3)" in a for a in applied)
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+# ---- CoreML fp16 on keras.applications: the model's own float16 floor, and fp16 overflow ------
+
+def _coreml_float16(path, samples):
+    """(artifact, row) of the float16 program in coreml-reference, judged as the pipeline judges it:
+    the documented fp16 bound, on the samples where Keras itself in float16 stays well inside it."""
+    import tempfile
+    from pathlib import Path
+
+    from kexport.api import build_context
+    from kexport.options import ExportOptions
+    from kexport.parity import check_artifact
+    from kexport.targets import get_target
+    from kexport.targets.coreml import CoreMLOptions
+
+    target, options = get_target("coreml"), CoreMLOptions()
+    ctx = build_context(path, ExportOptions(samples=samples))
+    art = target.export(ctx, Path(tempfile.mkdtemp(prefix="kexport-coreml-arch-")), options, "float16")
+    noise, note = target.conditioning(art)
+    row = check_artifact(art, ["coreml-reference"], ctx.inputs, ctx.outputs, target.tolerance_for("float16", options),
+                         noise=noise, note=note)[0]
+    return art, row
+
+
+@pytest.fixture(scope="module")
+def resnet50_fp16(tmp_path_factory):
+    """ResNet50 64x64, seed 1: softmax near-ties whose float16 error is the model's, not the program's."""
+    path = _save(application("ResNet50", (64, 64, 3), seed=1), tmp_path_factory.mktemp("r50") / "resnet50.keras")
+    return _coreml_float16(path, samples=16)
+
+
+@pytest.mark.slow
+def test_resnet50_coreml_fp16_is_judged_against_its_float16_floor(resnet50_fp16):
+    from kexport.targets.coreml import FP16, stored_floor
+    from kexport.targets.coreml.floor import FACTOR
+
+    art, row = resnet50_fp16
+    floor = stored_floor(art.path)
+    documented = FP16.atol + FP16.rtol * floor.scale["predictions"]
+    per_sample = np.asarray(floor.samples[0]["predictions"])
+    # Keras itself, computing in float16, moves the softmax beyond the documented fp16 bound on some
+    # samples: near ties at logit magnitudes ~500 (float16 spacing 0.25). Those are ill-conditioned
+    # for the fp16 program: left out and counted; the others are held to the documented bound.
+    assert floor.floor["predictions"] > documented, (floor, documented)
+    assert (row.atol, row.rtol) == (FP16.atol, FP16.rtol)  # never a raised tolerance
+    assert row.ill_conditioned == int((FACTOR * per_sample > documented).sum()) > 0, row
+    assert row.status in ("passed", "uninformative"), row.reason
+    if row.status == "passed":
+        assert row.max_abs_err <= documented and row.samples == 16 - row.ill_conditioned
+        assert row.top1_agreement in (None, 1.0)
+
+
+@pytest.mark.slow
+def test_efficientnet_coreml_fp16_is_finite_when_calibrated_in_its_pixel_range(tmp_path_factory):
+    """EfficientNetB0 starts with Rescaling(1/255): reference inputs are 0..255 pixels. BatchNorm
+    statistics taken on [-1, 1] grew its activations past float16's 65504 (block4a_project_bn)."""
+    model = application("EfficientNetB0", (96, 96, 3), seed=0, classifier_activation=None)
+    art, row = _coreml_float16(_save(model, tmp_path_factory.mktemp("effb0") / "effb0.keras"), samples=4)
+    assert row.status == "passed", row.reason
+    assert row.max_rel_err < 5e-2  # logits: an informative output, not a flat softmax
+
+
+@pytest.mark.parametrize("scale, offset, mean, var", [
+    (1 / 255, 0.0, 0.5, 1 / 12),          # 0..255 pixels -> [0, 1]
+    (1 / 127.5, -1.0, 0.0, 1 / 3),        # 0..255 pixels -> [-1, 1]
+    (None, None, 0.0, 1 / 3),             # no preprocessing: [-1, 1] as before
+])
+def test_batchnorm_calibration_inputs_follow_the_in_model_rescaling(scale, offset, mean, var):
+    import keras
+
+    from kexport.batchnorm_stats import calibrate_batchnorm, calibration_inputs
+
+    inp = keras.Input((16, 16, 3), name="pixels")
+    x = keras.layers.Rescaling(scale, offset)(inp) if scale else inp
+    bn = keras.layers.BatchNormalization(name="bn")
+    model = keras.Model(inp, bn(x))
+    batch = calibration_inputs(model, seed=0, samples=8)["pixels"]
+    if scale:
+        assert batch.min() >= 0.0 and batch.max() > 250.0 and batch.max() <= 255.0
+    calibrate_batchnorm(model, seed=0, samples=8)
+    # the statistics of what the BatchNorm sees behind the Rescaling, for raw 0..255 pixels
+    np.testing.assert_allclose(bn.moving_mean.numpy(), mean, atol=0.05)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), var, rtol=0.1)

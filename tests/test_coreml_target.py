@@ -10,6 +10,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import SAMPLE_MODELS
@@ -28,7 +29,9 @@ REF = "coreml-reference"
 def export_and_check(ctx, variant="fp32", tmp=None, **opts):
     options = CoreMLOptions(precision="float32" if variant == "fp32" else "float16", **opts)
     art = TARGET.export(ctx, Path(tmp or tempfile.mkdtemp(prefix="kexport-coreml-test-")), options, variant)
-    row = check_artifact(art, [REF], ctx.inputs, ctx.outputs, TARGET.tolerance_for(variant, options))[0]
+    noise, note = TARGET.conditioning(art)
+    row = check_artifact(art, [REF], ctx.inputs, ctx.outputs, TARGET.tolerance_for(variant, options),
+                         noise=noise, note=note)[0]
     return art, row
 
 
@@ -128,11 +131,11 @@ def app_ctx(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_mobilenetv2_fp32_and_fp16(app_ctx):
+def test_mobilenetv2_fp32_and_float16(app_ctx):
     ctx = app_ctx("MobileNetV2", 224)
     _, row = export_and_check(ctx, "fp32")
     assert row.status == "passed", row.reason  # not "uninformative": calibrated BatchNorm
-    _, row16 = export_and_check(ctx, "fp16")
+    _, row16 = export_and_check(ctx, "float16")
     assert row16.status == "passed", row16.reason
     # top-1 is judged only where the reference's top-2 margin exceeds what the fp16 tolerance
     # allows; a random-weight model's flat softmax can leave no such sample (all near ties)
@@ -148,18 +151,18 @@ def test_resnet50_fp32(app_ctx):
 
 # ---- variants -----------------------------------------------------------------------------------
 
-def test_default_variant_is_fp16_ios15(digits_ctx):
+def test_default_variant_is_float16_ios15(digits_ctx):
     opts = CoreMLOptions()
-    assert TARGET.variants(opts) == ["fp16"]
-    assert TARGET.variants(CoreMLOptions(quantize="all")) == ["fp16", "int8", "palettized"]
-    assert TARGET.variants(CoreMLOptions(precision="float32", quantize="int8,float16")) == ["fp32", "fp16", "int8"]
-    art, row = export_and_check(digits_ctx, "fp16")
+    assert TARGET.variants(opts) == ["float16"]
+    assert TARGET.variants(CoreMLOptions(quantize="all")) == ["float16", "int8", "palettize"]
+    assert TARGET.variants(CoreMLOptions(precision="float32", quantize="int8,float16")) == ["fp32", "float16", "int8"]
+    art, row = export_and_check(digits_ctx, "float16")
     assert row.status == "passed" and row.top1_agreement >= 0.99, row.reason
     assert art.path.suffix == ".mlpackage"
     assert spec_of(art.path).specificationVersion == 6  # iOS15
 
 
-@pytest.mark.parametrize("variant", ["int8", "palettized"])
+@pytest.mark.parametrize("variant", ["int8", "palettize"])
 def test_compressed_variants(digits_ctx, variant, tmp_path):
     art, row = export_and_check(digits_ctx, variant, tmp_path / variant)
     assert row.status == "passed", row.reason
@@ -168,6 +171,82 @@ def test_compressed_variants(digits_ctx, variant, tmp_path):
     weights = sum(f.stat().st_size for f in art.path.rglob("*.bin"))
     fp32, _ = export_and_check(digits_ctx, "fp32", tmp_path / "fp32")
     assert weights < 0.5 * sum(f.stat().st_size for f in fp32.path.rglob("*.bin"))
+
+
+def test_deprecated_variant_names_are_aliases():
+    """CoreML's variants were `fp16` / `palettized`; every other target says float16 / palettize."""
+    from kexport.targets.coreml import FP16, PALETTIZED
+
+    assert TARGET.variants(CoreMLOptions(quantize="palettized,fp16", precision="float32")) == ["fp32", "float16", "palettize"]
+    assert TARGET.tolerance_for("fp16", CoreMLOptions()) == FP16  # rows of existing export directories
+    assert TARGET.tolerance_for("palettized", CoreMLOptions()) == PALETTIZED
+    assert set(TARGET.QUANTIZE_ALIASES.values()) <= set(TARGET.QUANTIZE)
+
+
+def test_rows_with_the_old_variant_names_still_verify(tmp_path):
+    """An export directory written before the rename (variant "fp16") re-verifies as it was."""
+    import json
+
+    import kexport
+
+    out = tmp_path / "old"
+    assert kexport.export(str(SAMPLE_MODELS["digits_cnn"]), ["coreml"], out).exit_code == 0
+    report = json.loads((out / "report.json").read_text())
+    (row,) = [r for r in report["targets"] if r["target"] == "coreml"]
+    assert row["variant"] == "float16"
+    row["variant"] = "fp16"
+    (out / "report.json").write_text(json.dumps(report))
+    (again,) = kexport.verify(out).targets
+    assert again.variant == "fp16" and again.status == "ok", again.error
+    assert {p.runtime: p.status for p in again.parity}["coreml-reference"] == "passed"
+
+
+def test_float16_overflow_is_refused_naming_the_layer(tmp_path_factory, tmp_path):
+    """A layer whose activations exceed 65504 cannot run in float16: one line naming it and the fix,
+    not an artifact whose outputs are inf."""
+    import keras
+    import numpy as np
+
+    from kexport.errors import ConversionError
+
+    inp = keras.Input((4,), name="x")
+    big = keras.layers.Dense(3, kernel_initializer=keras.initializers.Constant(3e4), name="boom")(inp)
+    out = keras.layers.Dense(2, kernel_initializer=keras.initializers.Constant(1e-4), name="y")(big)
+    ctx = build_context(save(keras.Model(inp, out), tmp_path_factory, "overflow"), ExportOptions())
+    assert np.all(np.isfinite(ctx.outputs["y"]))  # fine in float32
+    with pytest.raises(ConversionError, match=r"float16 overflows at layer 'boom'.*--precision float32"):
+        TARGET.export(ctx, tmp_path, CoreMLOptions(), "float16")
+    _, row = export_and_check(ctx, "fp32")
+    assert row.status == "passed", row.reason
+
+
+def test_float16_floor_is_stored_per_sample_and_never_raises_the_tolerance(digits_ctx, tmp_path):
+    from kexport.parity import _judge
+    from kexport.targets.coreml import FP16, stored_floor
+    from kexport.targets.coreml.floor import FACTOR, Floor, conditioning
+
+    art, row = export_and_check(digits_ctx, "float16", tmp_path)
+    floor = stored_floor(art.path)
+    n = len(digits_ctx.outputs["digit"])
+    assert floor.runs == 4 and floor.floor["digit"] > 0  # Keras in float16 really moved
+    assert len(floor.samples) == 1 and len(floor.samples[0]["digit"]) == n
+    assert max(floor.samples[0]["digit"]) == pytest.approx(floor.floor["digit"])
+    assert row.status == "passed" and (row.atol, row.rtol) == (FP16.atol, FP16.rtol)  # the documented bound
+    assert row.ill_conditioned == 0 and "float16" in row.tolerance_note  # digits is well-conditioned in fp16
+    # a sample on which Keras in float16 moves beyond 1/FACTOR of the bound is left out, counted
+    ref = {"p": np.array([[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]])}
+    got = {"p": ref["p"] + np.array([[0.3, -0.3], [0, 0], [1e-4, -1e-4]])}  # sample 0 off by 0.3
+    wide = Floor({"p": 0.1}, {"p": 1.0}, runs=4, samples=[{"p": [0.1 / FACTOR * 40, 0.0, 1e-5]}])
+    noise, _ = conditioning(wide)
+    judged = _judge("coreml-reference", [({"x": np.zeros((3, 1))}, ref)], [got], FP16, noise)
+    assert judged.status == "passed" and judged.ill_conditioned == 1 and judged.samples == 2, judged
+    assert (judged.atol, judged.rtol) == (FP16.atol, FP16.rtol)
+    # ...and a program wrong on a well-conditioned sample still fails
+    got["p"][1] += [0.2, -0.2]
+    assert _judge("coreml-reference", [({"x": np.zeros((3, 1))}, ref)], [got], FP16, noise).status == "failed"
+    everything = Floor({"p": 1.0}, {"p": 1.0}, runs=4, samples=[{"p": [1.0, 1.0, 1.0]}])
+    assert _judge("coreml-reference", [({"x": np.zeros((3, 1))}, ref)], [got], FP16,
+                  conditioning(everything)[0]).status == "uninformative"
 
 
 # ---- image inputs, classifier, metadata, deployment target -------------------------------------

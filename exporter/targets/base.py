@@ -59,6 +59,8 @@ class Target:
     QUANTIZE: tuple[str, ...] = ()
     # distributions whose versions go into report.json (converter and runtime packages)
     packages: tuple[str, ...] = ()
+    # deprecated `--quantize` spellings -> today's variant names (CoreML: {"fp16": "float16", ...})
+    QUANTIZE_ALIASES: dict = {}
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -76,6 +78,14 @@ class Target:
 
     def tolerance_for(self, variant: str, options) -> Tolerance:
         return self.tolerance
+
+    def conditioning(self, artifact: Artifact) -> tuple[list | None, str | None]:
+        """(noise, note): per reference set {output: per-sample deviation} that this artifact's own
+        arithmetic implies, measured at export and stored in the artifact (CoreML float16: Keras
+        itself computing in float16). A sample whose deviation exceeds the tolerance is
+        ill-conditioned for this artifact, like Keras' float32 noise floor: left out and counted,
+        never a raised tolerance. Default: none."""
+        return None, None
 
     def missing_requirements(self) -> list[str]:
         import importlib.util

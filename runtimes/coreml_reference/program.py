@@ -38,15 +38,29 @@ class Program:
 
     def run(self, feeds: dict) -> dict:
         with _one_blas_thread():
-            return self._run(feeds)
+            env = self._bind(feeds)
+            for _ in self._execute(env):
+                pass
+        return {name: env[k] for k, name in self.outputs}
 
-    def _run(self, feeds: dict) -> dict:
+    def trace(self, feeds: dict):
+        """Yields (step, {var name: rounded result}) after every step, in program order: a
+        mismatch is bisected layer by layer against Keras (docs/coreml.md)."""
+        with _one_blas_thread():
+            env = self._bind(feeds)
+            for step in self._execute(env):
+                yield step, {name: env[name] for name, _ in step.outputs}
+
+    def _bind(self, feeds: dict) -> dict:
         env = dict(self.consts)
         for name, (shp, dtype) in self.inputs.items():
             x = np.asarray(feeds[name]).astype(dtype)
             if len(x.shape) != len(shp) or any(d is not None and d != e for d, e in zip(shp, x.shape)):
                 raise ValueError(f"input '{name}' has shape {x.shape}, the program expects {shp} (None: flexible)")
             env[name] = _widen(x)
+        return env
+
+    def _execute(self, env: dict):
         for step in self.steps:
             args = {}
             for k, (kind, v) in step.inputs.items():
@@ -58,7 +72,7 @@ class Program:
             res = res if isinstance(res, tuple) else (res,)
             for (name, dtype), val in zip(step.outputs, res):
                 env[name] = _round_to(val, dtype)
-        return {name: env[k] for k, name in self.outputs}
+            yield step
 
 
 def _one_blas_thread():
@@ -92,9 +106,25 @@ def _round_to(val, dtype):
 
 def load_program(path: str) -> Program:
     """Read a .mlpackage; raises NotMLProgram, or UnsupportedOp naming every unknown op."""
+    spec, func = _read_main(path)
+    _check_ops(func)
+    keys = _VarKeys()
+    for v in func.inputs.values():
+        keys(v)
+    program = Program(
+        inputs={n: (_dims(v.shape), _np_dtype(v)) for n, v in func.inputs.items()},
+        outputs=[(keys(v), v.name) for v in func.outputs], steps=[], description=_description(spec),
+    )
+    for o in func.operations:
+        _add_operation(program, o, keys)
+    _inline_params(program)
+    return program
+
+
+def _read_main(path: str):
+    """(spec, the `main` function of the MIL program) via coremltools' milproto loader."""
     import coremltools as ct
     from coremltools.converters.mil.frontend.milproto.load import load
-    from coremltools.converters.mil.mil import types
 
     mlmodel = ct.models.MLModel(str(path), skip_model_load=True)
     spec = mlmodel.get_spec()
@@ -102,58 +132,70 @@ def load_program(path: str) -> Program:
     if kind != "mlProgram":
         raise NotMLProgram(f"{path}: a '{kind}' model, not an ML Program")
     prog = load(spec, spec.specificationVersion, mlmodel.weights_dir)
-    func = prog.functions["main"]
+    return spec, prog.functions["main"]
 
-    def np_dtype(var):
-        try:
-            return types.nptype_from_builtin(var.dtype)
-        except Exception:  # str / dict outputs of `classify`
-            return None
 
+def _check_ops(func) -> None:
+    """Every op without an implementation (or with nested blocks: control flow), all at once."""
     unknown = sorted({o.op_type for o in func.operations if o.op_type != "const" and o.op_type not in OPS}
                      | {o.op_type for o in func.operations if o.blocks})
     if unknown:
         raise UnsupportedOp(", ".join(unknown), "the coreml-reference interpreter has no implementation")
-    # Environment keys are per Var object: the loader names inline values with a process-wide
-    # counter ("const_1"), which can repeat a name the program itself uses.
-    keys: dict = {}
-    taken: set = set()
 
-    def key(var):
-        if id(var) not in keys:
+
+def _np_dtype(var):
+    from coremltools.converters.mil.mil import types
+
+    try:
+        return types.nptype_from_builtin(var.dtype)
+    except Exception:  # str / dict outputs of `classify`
+        return None
+
+
+def _description(spec) -> dict:
+    return {"inputs": {f.name: f.type.WhichOneof("Type") for f in spec.description.input},
+            "predicted_feature": spec.description.predictedFeatureName or None}
+
+
+class _VarKeys:
+    """Environment keys are per Var object: the loader names inline values with a process-wide
+    counter ("const_1"), which can repeat a name the program itself uses."""
+
+    def __init__(self):
+        self.keys: dict = {}
+        self.taken: set = set()
+
+    def __call__(self, var) -> str:
+        if id(var) not in self.keys:
             name = var.name
-            while name in taken:
+            while name in self.taken:
                 name += "'"
-            keys[id(var)] = name
-            taken.add(name)
-        return keys[id(var)]
+            self.keys[id(var)] = name
+            self.taken.add(name)
+        return self.keys[id(var)]
 
-    for v in func.inputs.values():
-        key(v)
-    program = Program(
-        inputs={n: (_dims(v.shape), np_dtype(v)) for n, v in func.inputs.items()},
-        outputs=[(key(v), v.name) for v in func.outputs], steps=[],
-        description={"inputs": {f.name: f.type.WhichOneof("Type") for f in spec.description.input},
-                     "predicted_feature": spec.description.predictedFeatureName or None},
-    )
-    for o in func.operations:
-        if o.op_type == "const":
-            program.consts[key(o.outputs[0])] = _const(o.outputs[0].val)
-            continue
-        if o.op_type.startswith("constexpr_"):  # weight decompression: evaluated once, here
-            args = {k: program.consts[key(v)] for k, v in o.inputs.items()}
-            program.consts[key(o.outputs[0])] = _round_to(OPS[o.op_type](**args), np_dtype(o.outputs[0]))
-            continue
-        ins = {}
-        for k, v in o.inputs.items():
-            ins[k] = ("refs", [key(x) for x in v]) if isinstance(v, (list, tuple)) else ("ref", key(v))
-        program.steps.append(Step(o.op_type, o.name, ins, [(key(v), np_dtype(v)) for v in o.outputs]))
-    # small scalar / string consts are passed by value, not looked up
+
+def _add_operation(program: Program, o, keys: _VarKeys) -> None:
+    """A const becomes a value, a constexpr_* (weight decompression) is evaluated once, here;
+    every other op becomes a Step."""
+    if o.op_type == "const":
+        program.consts[keys(o.outputs[0])] = _const(o.outputs[0].val)
+        return
+    if o.op_type.startswith("constexpr_"):
+        args = {k: program.consts[keys(v)] for k, v in o.inputs.items()}
+        program.consts[keys(o.outputs[0])] = _round_to(OPS[o.op_type](**args), _np_dtype(o.outputs[0]))
+        return
+    ins = {k: ("refs", [keys(x) for x in v]) if isinstance(v, (list, tuple)) else ("ref", keys(v))
+           for k, v in o.inputs.items()}
+    program.steps.append(Step(o.op_type, o.name, ins, [(keys(v), _np_dtype(v)) for v in o.outputs]))
+
+
+def _inline_params(program: Program) -> None:
+    """Small scalar / string consts are passed by value, not looked up."""
     for step in program.steps:
         for k, (kind, v) in list(step.inputs.items()):
             if kind == "ref" and v in program.consts and _is_param(program.consts[v]):
                 step.inputs[k] = ("const", _param(program.consts[v]))
-    return program
 
 
 def _dims(shape) -> tuple:

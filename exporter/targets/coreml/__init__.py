@@ -18,15 +18,21 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ...errors import ConversionError, UsageError, first_line
 from ..base import Artifact, Target, Tolerance, register_target
+from .floor import METADATA_KEY, Floor, conditioning, first_overflow, measure
 
 IOS_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
 NN_TARGETS = ("iOS13", "iOS14", "macOS10_15", "macOS11")  # legacy neuralnetwork format only
-# --quantize vocabulary (shared flag, exporter/quantize.py): float16 = the fp16 program,
-# int8 = linear per-channel weights, palettize = 6-bit k-means lookup tables.
+# --quantize vocabulary (shared flag, exporter/quantize.py) = the variant names, as on every
+# target: float16 = the fp16 program, int8 = linear per-channel weights, palettize = 6-bit k-means
+# lookup tables (fp32 = the float32 program).
 QUANTIZE = ("float16", "int8", "palettize")
-VARIANT_OF = {"float16": "fp16", "int8": "int8", "palettize": "palettized"}
+# Deprecated: the names CoreML rows had before they matched the other targets' (kexport <= 0.1).
+# Still accepted by --quantize and read from existing export directories by `kexport verify`.
+QUANTIZE_ALIASES = {"fp16": "float16", "palettized": "palettize"}
 COLOR_LAYOUTS = ("RGB", "BGR", "GRAYSCALE")
 
 # The issue's bound for fp32 ML Programs: |err| <= 1e-4 * max|keras| + 1e-6 (fp32 kernels differ
@@ -76,6 +82,7 @@ class CoreMLTarget(Target):
     tolerance = FP32
     Options = CoreMLOptions
     QUANTIZE = QUANTIZE
+    QUANTIZE_ALIASES = QUANTIZE_ALIASES
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -113,13 +120,21 @@ class CoreMLTarget(Target):
     def variants(self, options) -> list[str]:
         from ...quantize import selected
 
-        base = "fp16" if options.precision == "float16" else "fp32"
+        base = "float16" if options.precision == "float16" else "fp32"
         if options.format == "neuralnetwork":
             return [base]
-        return list(dict.fromkeys([base] + [VARIANT_OF[q] for q in selected(options.quantize, QUANTIZE)]))
+        return list(dict.fromkeys([base] + selected(canonical_quantize(options.quantize), QUANTIZE)))
 
     def tolerance_for(self, variant: str, options) -> Tolerance:
-        return {"fp32": FP32, "fp16": FP16, "int8": INT8, "palettized": PALETTIZED}[variant]
+        variant = QUANTIZE_ALIASES.get(variant, variant)  # rows written before the rename
+        return {"fp32": FP32, "float16": FP16, "int8": INT8, "palettize": PALETTIZED}[variant]
+
+    def conditioning(self, artifact):
+        """(noise, note) for the fp16 program: per sample, FACTOR x how far Keras itself moves when
+        it computes in float16, measured at export and stored in the package (floor.py)."""
+        if QUANTIZE_ALIASES.get(artifact.variant, artifact.variant) != "float16":
+            return None, None
+        return conditioning(stored_floor(artifact.path))
 
     def preflight(self, ctx, options) -> list[str]:
         from coremltools.converters.mil.frontend.tensorflow import ops  # noqa: F401  (registers handlers)
@@ -144,13 +159,16 @@ class CoreMLTarget(Target):
 
     def export(self, ctx, dest: Path, options, variant: str) -> Artifact:
         model, notes = convert(ctx, options, variant, self.name)
+        floor = _float16_floor(ctx, model, options, variant, notes)
         dest.mkdir(parents=True, exist_ok=True)
         ext = "mlpackage" if options.format == "mlprogram" else "mlmodel"
         out = dest / f"{ctx.name}_{variant}.{ext}"
         model.save(str(out))
+        if floor is not None and floor.overflow is not None:
+            _refuse_overflow(ctx, out, floor, self.name)
         art = Artifact(out, variant=variant, notes=notes, runtime_options={"batch": 1},
                        extra={"format": options.format, "deployment_target": variant_target(options, variant),
-                              "precision": "float16" if variant == "fp16" else "float32"})
+                              "precision": "float16" if variant == "float16" else "float32"})
         if options.image_input:
             art.runtime_options["image_inputs"] = {options.image_input: {"scale": options.scale,
                                                                          "bias": list(options.bias)}}
@@ -158,6 +176,53 @@ class CoreMLTarget(Target):
             art.skip["coreml-reference"] = ("the reference interpreter executes ML Programs only; a NeuralNetwork "
                                             ".mlmodel (iOS14 and older) runs only in Core ML on macOS")
         return art
+
+
+def canonical_quantize(value):
+    """--quantize with the deprecated CoreML names (fp16, palettized) spelled as today."""
+    from ...quantize import requested
+
+    return [QUANTIZE_ALIASES.get(v, v) for v in requested(value)]
+
+
+def _float16_floor(ctx, mlmodel, options, variant: str, notes: list) -> Floor | None:
+    """Measure the model's float16 floor for the fp16 program and store it in the package."""
+    if variant != "float16" or options.format != "mlprogram":
+        return None
+    floor = measure(ctx)
+    if floor.reason:
+        notes.append(f"float16 floor not measured ({floor.reason}): the documented fp16 bound applies")
+        return floor
+    mlmodel.user_defined_metadata[METADATA_KEY] = floor.to_metadata()
+    return floor
+
+
+def _refuse_overflow(ctx, path: Path, floor: Floor, target: str) -> None:
+    """Keras overflowed in float16 on a reference sample: find the op of the program that does."""
+    s, i = floor.overflow
+    x = ([(ctx.inputs, None)] + list(getattr(ctx.outputs, "alternates", ()) or ()))[s][0]
+    where = first_overflow(str(path), {k: np.asarray(v)[i:i + 1] for k, v in x.items()},
+                           [layer.name for layer in _keras_layers(ctx.model)])
+    if where:
+        raise ConversionError(f"target '{target}': float16 overflows at {where} on reference sample {i}; "
+                              "export with --precision float32 (or rescale that layer's inputs)")
+
+
+def _keras_layers(model):
+    for layer in getattr(model, "layers", []):
+        yield layer
+        yield from _keras_layers(layer)
+
+
+def stored_floor(path) -> Floor | None:
+    """The float16 floor recorded in an fp16 package (None for packages written before it was)."""
+    import coremltools as ct
+
+    try:
+        meta = ct.models.MLModel(str(path), skip_model_load=True).user_defined_metadata
+    except Exception:  # not a package coremltools reads: the runtime row reports that  # noqa: BLE001
+        return None
+    return Floor.from_metadata(meta.get(METADATA_KEY))
 
 
 def deployment_target(options) -> str:
@@ -169,7 +234,7 @@ def deployment_target(options) -> str:
 def variant_target(options, variant: str) -> str:
     """Compressed weights (constexpr ops) need iOS16 / macOS13: raise the floor for those variants."""
     dt = deployment_target(options)
-    if variant in ("int8", "palettized") and dt in ("iOS15", "macOS12"):
+    if variant in ("int8", "palettize") and dt in ("iOS15", "macOS12"):
         return "iOS16" if dt == "iOS15" else "macOS13"
     return dt
 
@@ -267,7 +332,7 @@ def convert(ctx, options, variant: str, target: str):
         notes.append(f"deployment target raised to {dt}: compressed weights need it")
     kwargs = {"convert_to": options.format, "inputs": inputs, "minimum_deployment_target": getattr(ct.target, dt)}
     if options.format == "mlprogram":
-        kwargs["compute_precision"] = ct.precision.FLOAT16 if variant == "fp16" else ct.precision.FLOAT32
+        kwargs["compute_precision"] = ct.precision.FLOAT16 if variant == "float16" else ct.precision.FLOAT32
     if labels:
         kwargs["classifier_config"] = ct.ClassifierConfig(labels)
     # coremltools' fuse_elementwise_to_batchnorm turns x*A + B into batch_norm(mean 0, variance 1,
@@ -281,7 +346,7 @@ def convert(ctx, options, variant: str, target: str):
     except Exception as e:  # coremltools raises ValueError, NotImplementedError, IndexError, ...
         raise ConversionError(f"target '{target}': coremltools failed: {first_line(e)}") from e
     mlmodel = _rename_outputs(mlmodel, concrete, sig, target)
-    if variant in ("int8", "palettized"):
+    if variant in ("int8", "palettize"):
         mlmodel = _compress(mlmodel, variant, target)
         notes.append("weights linearly quantized to int8 (per channel)" if variant == "int8"
                      else "weights palettized to 6-bit lookup tables (k-means)")
