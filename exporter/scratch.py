@@ -17,29 +17,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from .runtimes.owned import owner_tag, temp_dir  # noqa: F401  (one implementation, shared with the runtimes)
+from .runtimes.owned import start_time as _start_time
+
 # `.kexport-tflite-pid4242.918273-abc123`, `kexport-work-pid4242.918273-abc123`
 OWNED = re.compile(r"^\.?kexport-(?:[A-Za-z0-9_.-]*?-)?pid(\d+)\.(\d+)-[A-Za-z0-9_]+$")
 # written by kexport before owners were recorded: OUT/.kexport-<target>-XXXXXXXX, $TMPDIR/kexport-XXXXXXXX
 LEGACY_OUT = re.compile(r"^\.kexport-(?:[a-z0-9-]+)-[a-z0-9_]{8}$")
 LEGACY_TMP = re.compile(r"^kexport-[a-z0-9_]{8}$")
 LEGACY_AGE_S = 24 * 3600  # only abandoned for a day is surely abandoned when no owner is recorded
-
-
-def _start_time(pid: int) -> int:
-    """Clock ticks since boot when `pid` started (Linux); 0 where /proc is not available."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    try:
-        return int(stat.rsplit(")", 1)[1].split()[19])  # field 22; the name (field 2) may hold spaces
-    except (IndexError, ValueError):
-        return 0
-
-
-def owner_tag(pid: int | None = None) -> str:
-    pid = os.getpid() if pid is None else pid
-    return f"pid{pid}.{_start_time(pid)}-"
 
 
 def alive(pid: int, start: int) -> bool:
@@ -54,11 +40,6 @@ def alive(pid: int, start: int) -> bool:
         now = _start_time(pid)
         return now == 0 or now == start  # a different start time: the pid was recycled
     return True
-
-
-def temp_dir(prefix: str, dir: str | os.PathLike | None = None) -> Path:
-    """`tempfile.mkdtemp` whose name records this process, so `sweep` knows when it is abandoned."""
-    return Path(tempfile.mkdtemp(prefix=prefix + owner_tag(), dir=dir))
 
 
 def work_dir() -> Path:

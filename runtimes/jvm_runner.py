@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import owned
 from .base import Runtime, register_runtime
 from .child import Child, Pool, last_line
 
@@ -139,7 +140,7 @@ class JvmSession:
         self.load_seconds = head["seconds"]
         self.inputs = head["inputs"]
         self.names = dict(names or {})
-        self.tmp = Path(tempfile.mkdtemp(prefix="kexport-jvm-"))
+        self.tmp = owned.temp_dir("kexport-jvm-")
         self.predict_seconds: list[float] = []
 
     def predict(self, inputs):

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from . import arm64
+from . import owned
 from .base import Runtime, register_runtime
 from .isolated import IsolatedSession
 
@@ -41,7 +41,7 @@ def package_shim() -> Path:
     (e.g. `kexport.runtimes`) without the rest of kexport: the parent packages are empty
     namespace directories and the last part links here (the guest has no kexport, no TensorFlow)."""
     parts = __package__.split(".")
-    shim = Path(tempfile.mkdtemp(prefix="kexport-arm64-shim-"))
+    shim = owned.temp_dir("kexport-arm64-shim-")
     parent = shim.joinpath(*parts[:-1])
     parent.mkdir(parents=True, exist_ok=True)
     os.symlink(Path(__file__).resolve().parent, parent / parts[-1], target_is_directory=True)

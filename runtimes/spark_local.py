@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import owned
 from .base import Runtime, module_missing, register_runtime
 
 MASTER = "local[2]"
@@ -117,7 +118,17 @@ def _serve(jobs) -> None:
                 future.set_exception(e)
 
 
+def _alive(spark) -> bool:
+    """Is this SparkSession's context still running (not stopped by someone else's job or test)?"""
+    try:
+        return spark.sparkContext._jsc is not None and not spark._jsparkSession.sparkContext().isStopped()
+    except Exception:  # the gateway lost the object: as good as stopped  # noqa: BLE001
+        return False
+
+
 def _session():
+    if "session" in _SPARK and not _alive(_SPARK["session"]):
+        _SPARK.pop("session")  # stopped under us: start another on the same JVM
     if "session" not in _SPARK:
         import warnings
 
@@ -153,7 +164,7 @@ def _launch_quietly() -> None:
 
     if SparkContext._gateway is not None or os.environ.get("KEXPORT_DEBUG"):
         return
-    log = Path(tempfile.mkdtemp(prefix="kexport-spark-local-log-")) / "spark.log"
+    log = owned.temp_dir("kexport-spark-local-log-") / "spark.log"
     _SPARK["log"] = log
     atexit.register(_remove_log)
     with open(log, "ab") as out:  # Popen duplicates the descriptor; the JVM keeps writing after this closes
@@ -241,6 +252,10 @@ def read_outputs(path: Path, specs: list[dict], n: int) -> dict:
     return out
 
 
+class _Py4JTrouble(RuntimeError):
+    """The job lost its SparkSession (py4j could not reach its JVM objects); not a verdict."""
+
+
 class SparkLocalSession:
     def __init__(self, package_dir: Path):
         self.dir = Path(package_dir)
@@ -248,21 +263,28 @@ class SparkLocalSession:
         spec = importlib.util.spec_from_file_location(f"kexport_spark_score_{id(self)}", self.dir / "score.py")
         self.job = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(self.job)
-        self.spark = shared_session()
+        self.spark = shared_session()  # started (or its failure raised) before the first predict; a
+        # session stopped by someone else is replaced in _predict
 
     def predict(self, inputs):
-        return on_spark_thread(self._predict, inputs)
+        try:
+            return on_spark_thread(self._predict, inputs)
+        except _Py4JTrouble:  # the session's JVM objects were lost between jobs: once more, on a live session
+            return on_spark_thread(self._predict, inputs)
 
     def _predict(self, inputs):
-        work = Path(tempfile.mkdtemp(prefix="kexport-spark-local-run-"))
+        spark = _session()
+        work = owned.temp_dir("kexport-spark-local-run-")
         try:
             n = write_parquet(work / "in.parquet", inputs, self.schema["inputs"])
             err = io.StringIO()  # the job's one `error:` line (score.py main's stderr=, not sys.stderr:
             # swapping sys.stderr would capture, and race with, every other thread of the process)
             code = self.job.main(["--input", str(work / "in.parquet"), "--output", str(work / "out.parquet"),
-                                  "--master", MASTER], spark=self.spark, stderr=err)
+                                  "--master", MASTER], spark=spark, stderr=err)
             if code != 0:
                 lines = err.getvalue().strip().splitlines()
+                if lines and lines[-1].startswith("error: Py4JError") and not _alive(spark):
+                    raise _Py4JTrouble(lines[-1])
                 log = log_path()
                 if log is not None:
                     _SPARK["keep_log"] = True

@@ -160,11 +160,12 @@ def test_resnet50_coreml_fp16_is_judged_against_its_float16_floor(resnet50_fp16)
     documented = FP16.atol + FP16.rtol * floor.scale["predictions"]
     per_sample = np.asarray(floor.samples[0]["predictions"])
     # Keras itself, computing in float16, moves the softmax beyond the documented fp16 bound on some
-    # samples: near ties at logit magnitudes ~500 (float16 spacing 0.25). Those are ill-conditioned
-    # for the fp16 program: left out and counted; the others are held to the documented bound.
+    # samples: near ties at logit magnitudes ~500 (float16 spacing 0.25). Where the program is beyond
+    # the bound on such a sample it is excused (ill-conditioned, counted); everywhere else it is held
+    # to the documented bound.
     assert floor.floor["predictions"] > documented, (floor, documented)
     assert (row.atol, row.rtol) == (FP16.atol, FP16.rtol)  # never a raised tolerance
-    assert row.ill_conditioned == int((FACTOR * per_sample > documented).sum()) > 0, row
+    assert 0 < row.ill_conditioned <= int((FACTOR * per_sample > documented).sum()), row
     assert row.status in ("passed", "uninformative"), row.reason
     if row.status == "passed":
         assert row.max_abs_err <= documented and row.samples == 16 - row.ill_conditioned

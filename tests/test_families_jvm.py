@@ -14,6 +14,8 @@ failed in DL4J ("Unsupported Keras pooling layer GlobalAveragePooling3D").
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -140,8 +142,8 @@ def test_video3d_is_refused_on_dl4j_naming_each_layer(exported):
     result, _ = exported("video3d", ["dl4j"])
     t, _ = _row(result, "dl4j")
     assert t.status == "unsupported", (t.status, t.error, [(p.runtime, p.status) for p in t.parity])
-    for layer in ("'max_pooling3d' (MaxPooling3D)", "'average_pooling3d' (AveragePooling3D)"):
-        assert f"layer {layer}: DL4J infers a wrong output shape" in t.error, t.error
+    for layer in (r"'max_pooling3d(_\d+)?' \(MaxPooling3D\)", r"'average_pooling3d(_\d+)?' \(AveragePooling3D\)"):
+        assert re.search(f"layer {layer}: DL4J infers a wrong output shape", t.error), t.error
     assert "global_average_pooling3d" not in t.error and "\n" not in t.error  # that one is rewritten
     assert not t.parity
 

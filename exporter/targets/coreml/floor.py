@@ -8,13 +8,16 @@ logit error e moves a probability p by p(1-p)e, up to e/4 near p = 0.5. Measured
 docs/coreml.md): CoreML fp16 logits off by 0.25-0.40, Keras' own under mixed_float16 by 0.42-0.54
 and under float16 by 0.77-1.04 — the same error, the program is not wrong.
 
-So the fp16 program is judged like Keras' own float32 noise floor (exporter/parity.py): Keras is
-run REALIZATIONS times in float16 on the reference inputs (the mixed_float16 and float16 dtype
+So the fp16 program is held to the documented fp16 bound on every sample, and a sample it gets
+wrong is excused only where the model itself explains it (exporter/parity.py): Keras is run
+REALIZATIONS times in float16 on the reference inputs (the mixed_float16 and float16 dtype
 policies, on the inputs as given and moved by one float16 ulp with seeded random signs); a sample
-on which Keras itself, computing in float16, moves an output by more than 1/FACTOR of the
-documented fp16 bound is ill-conditioned *for this program*: left out of the verdict and counted
-(`ill_conditioned`), `uninformative` when none is left. The tolerance is never raised: every
-sample that stays is held to the documented bound.
+beyond the bound on which Keras itself, computing in float16, moves an output by more than
+1/FACTOR of that bound is ill-conditioned *for this program*: left out of the verdict and counted
+(`ill_conditioned`), `uninformative` when none is left. The tolerance is never raised, and a
+sample within the bound always counts (Keras' float16 policies can be far worse than a Core ML
+program: on the wine model, whose inputs reach ~1700, they move the softmax by up to 0.998 while
+the program stays within 0.0024).
 
 Why FACTOR 4 with 4 runs: near a tie the output error is essentially one Gaussian variable (the
 difference of two logit errors); the program's draw exceeds FACTOR times the largest of R Keras
@@ -138,13 +141,13 @@ def in_policy(model, policy: str):
 
 def conditioning(floor: Floor | None):
     """(per reference set {output: FACTOR x per-sample floor}, note) for exporter/parity.py: a
-    sample whose entry exceeds the documented bound is ill-conditioned for the fp16 program."""
+    sample the program gets wrong is excused where its entry exceeds the documented bound too."""
     if floor is None or not floor.samples:
         return None, None
     noise = [{k: FACTOR * np.asarray(v, np.float64) for k, v in per.items()} for per in floor.samples]
-    return noise, (f"fp16: a sample counts only where Keras itself computing in float16 ({floor.runs} runs: "
-                   f"{' and '.join(POLICIES)} policies, inputs as given and moved by one float16 ulp) stays within "
-                   f"1/{FACTOR:g} of the bound; the others are ill-conditioned for this program (docs/coreml.md)")
+    return noise, (f"fp16: a sample beyond the bound is excused (ill-conditioned) only where Keras itself computing "
+                   f"in float16 ({floor.runs} runs: {' and '.join(POLICIES)} policies, inputs as given and moved by one "
+                   f"float16 ulp) moves beyond 1/{FACTOR:g} of the bound (docs/coreml.md)")
 
 
 def first_overflow(program_path: str, sample: dict, layer_names) -> str | None:
