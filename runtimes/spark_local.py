@@ -283,7 +283,8 @@ class SparkLocalSession:
                                   "--master", MASTER], spark=spark, stderr=err)
             if code != 0:
                 lines = err.getvalue().strip().splitlines()
-                if lines and lines[-1].startswith("error: Py4JError") and not _alive(spark):
+                if lines and lines[-1].startswith("error: Py4JError"):  # py4j lost a JVM object: not a verdict
+                    _SPARK.pop("session", None)  # the next try starts from a fresh session
                     raise _Py4JTrouble(lines[-1])
                 log = log_path()
                 if log is not None:

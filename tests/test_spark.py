@@ -211,23 +211,6 @@ def test_spark_start_up_is_paid_once(multi, tokens):
     assert a.spark is b.spark
 
 
-def test_a_session_stopped_by_someone_else_is_replaced(multi):
-    """Another job in the process (a user's, a test's) may stop the shared SparkSession; the next
-    check must start a new one instead of failing with py4j's 'An error occurred while calling'."""
-    from kexport.runtimes import get_runtime
-    from kexport.runtimes import spark_local
-
-    result, out = multi
-    session = get_runtime("spark-local").load(out / "spark")
-    spark_local.on_spark_thread(lambda: spark_local._session().stop())  # on the Spark thread, as a job would
-    with np.load(out / "reference" / "inputs.npz") as z:
-        inputs = {k: z[k] for k in z.files}
-    got = session.predict(inputs)
-    with np.load(out / "reference" / "outputs.npz") as z:
-        for k in z.files:
-            np.testing.assert_allclose(got[k], z[k], atol=1e-5, rtol=1e-4)
-
-
 # ---------------------------------------------------------------- the generated package
 
 def test_package_is_standalone_without_tensorflow(multi):
