@@ -3,6 +3,8 @@ once per test session, and every test that needs an artifact reads from that exp
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -66,3 +68,22 @@ def digits_ctx():
     from kexport.options import ExportOptions
 
     return build_context(SAMPLE_MODELS["digits_cnn"], ExportOptions())
+
+
+@contextlib.contextmanager
+def app_modules(dest: Path, signature):
+    """(codec, v2, input Specs) of a generated Flask app in `dest`, imported from its files (and
+    taken out of sys.modules/sys.path again afterwards)."""
+    sys.path.insert(0, str(dest))
+    try:
+        mods = {}
+        for name in ("codec", "v2"):
+            loaded = importlib.util.spec_from_file_location(name, dest / f"{name}.py")
+            mods[name] = importlib.util.module_from_spec(loaded)
+            sys.modules[name] = mods[name]
+            loaded.loader.exec_module(mods[name])
+        yield mods["codec"], mods["v2"], [mods["codec"].Spec(t.to_json()) for t in signature.inputs]
+    finally:
+        sys.path.remove(str(dest))
+        for name in ("codec", "v2"):
+            sys.modules.pop(name, None)

@@ -15,15 +15,15 @@
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
 import struct
-import sys
 
 import numpy as np
 import pytest
 import requests
+
+from conftest import app_modules
 
 import kexport
 from kexport.runtimes.flask_http import GunicornServer
@@ -198,19 +198,8 @@ def protocol(tmp_path_factory):
                    outputs={"y": np.zeros((1, 3), np.float32)}, atol=1e-5, rtol=1e-4)
     render_app(dest, spec)
     assert json.loads((dest / "model" / "model.json").read_text())["warmup_shapes"] == {"words": [2], "image": [8, 8, 3]}
-    sys.path.insert(0, str(dest))
-    try:
-        mods = {}
-        for name in ("codec", "v2"):
-            loaded = importlib.util.spec_from_file_location(name, dest / f"{name}.py")
-            mods[name] = importlib.util.module_from_spec(loaded)
-            sys.modules[name] = mods[name]
-            loaded.loader.exec_module(mods[name])
-        yield mods["codec"], mods["v2"], [mods["codec"].Spec(t.to_json()) for t in sig.inputs]
-    finally:
-        sys.path.remove(str(dest))
-        for name in ("codec", "v2"):
-            sys.modules.pop(name, None)
+    with app_modules(dest, sig) as mods:
+        yield mods
 
 
 def test_codec_reads_strings_in_rows_columns_and_b64(protocol):

@@ -10,16 +10,14 @@ token_lstm: INT32 tokens).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import threading
 import time
 
 import numpy as np
 import pytest
 
-from conftest import SAMPLES
+from conftest import SAMPLES, app_modules
 from kexport.runtimes.flask_http import GunicornServer
 
 httpclient = pytest.importorskip("tritonclient.http", reason="pip install 'kexport[triton]' (tritonclient[http])")
@@ -194,19 +192,8 @@ def protocol(tmp_path_factory):
                                                   "mask": np.zeros((1, 2), bool)},
                    outputs={"y": np.zeros((1, 3), np.float16)}, atol=1e-3, rtol=1e-3)
     render_app(dest, spec)
-    sys.path.insert(0, str(dest))
-    try:
-        mods = {}
-        for name in ("codec", "v2"):
-            loaded = importlib.util.spec_from_file_location(name, dest / f"{name}.py")
-            mods[name] = importlib.util.module_from_spec(loaded)
-            sys.modules[name] = mods[name]
-            loaded.loader.exec_module(mods[name])
-        yield mods["codec"], mods["v2"], [mods["codec"].Spec(t.to_json()) for t in sig.inputs]
-    finally:
-        sys.path.remove(str(dest))
-        for name in ("codec", "v2"):
-            sys.modules.pop(name, None)
+    with app_modules(dest, sig) as mods:
+        yield mods
 
 
 def test_fp16_int64_bool_inputs_and_outputs_through_the_triton_client(protocol):

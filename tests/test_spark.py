@@ -172,19 +172,25 @@ def test_cli_tflite_by_flag(tmp_path, spark):
     assert t["parity"][0]["runtime"] == "spark-local" and t["parity"][0]["status"] == "passed"
 
 
+def _patched_udf(out, tmp_path, needle: str, replacement: str):
+    """A copy of the exported spark package whose UDF has `needle` replaced (a broken package)."""
+    broken = tmp_path / "broken"
+    shutil.copytree(out / "spark", broken)
+    udf = broken / "kexport_spark" / "udf.py"
+    text = udf.read_text()
+    assert needle in text
+    udf.write_text(text.replace(needle, replacement))
+    return broken
+
+
 def test_parity_fails_when_the_job_computes_something_else(multi, tmp_path):
     """The runtime really reads Spark's answer: a package whose UDF shifts the outputs fails."""
     from kexport.parity import check_artifact
     from kexport.targets.base import FP32, Artifact
 
     _, out = multi
-    broken = tmp_path / "broken"
-    shutil.copytree(out / "spark", broken)
-    udf = broken / "kexport_spark" / "udf.py"
-    text = udf.read_text()
-    needle = 'values = np.asarray(outputs[spec["name"]])'
-    assert needle in text
-    udf.write_text(text.replace(needle, 'values = 1e-3 + np.asarray(outputs[spec["name"]])'))
+    broken = _patched_udf(out, tmp_path, 'values = np.asarray(outputs[spec["name"]])',
+                          'values = 1e-3 + np.asarray(outputs[spec["name"]])')
     inputs, outputs = _reference(out)
     (row,) = check_artifact(Artifact(broken), ["spark-local"], inputs, outputs, FP32)
     assert row.status == "failed", row
@@ -582,13 +588,8 @@ def test_a_failing_job_says_the_real_error_in_one_line(multi, tmp_path, monkeypa
 
     monkeypatch.setitem(spark_local._SPARK, "keep_log", False)  # this failure is wanted: the log goes at exit
     _, out = multi
-    broken = tmp_path / "broken"
-    shutil.copytree(out / "spark", broken)
-    udf = broken / "kexport_spark" / "udf.py"
-    text = udf.read_text()
     needle = "    n = batch.num_rows\n"
-    assert needle in text
-    udf.write_text(text.replace(needle, needle + '    raise MemoryError("kexport-test: the worker ran out of memory")\n'))
+    broken = _patched_udf(out, tmp_path, needle, needle + '    raise MemoryError("kexport-test: the worker ran out of memory")\n')
     inputs, outputs = _reference(out)
     (row,) = check_artifact(Artifact(broken), ["spark-local"], inputs, outputs, FP32)
     assert row.status == "failed", row

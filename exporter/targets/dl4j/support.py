@@ -68,10 +68,6 @@ _WHY = {
 }
 
 
-def _is_tensor(v) -> bool:
-    return isinstance(v, dict) and v.get("class_name") == "__keras_tensor__"
-
-
 def _layer_problems(cls: str, name: str, conf: dict, where: str = "") -> list[str]:
     problems = []
     label = f"layer '{name}' ({cls}{where})"
@@ -106,6 +102,8 @@ def _layer_problems(cls: str, name: str, conf: dict, where: str = "") -> list[st
 
 def _sources(entries: list[dict]):
     """entry -> the entries whose outputs it takes (a Sequential: the one before it)."""
+    from ..tfjs import keras_tensor_refs
+
     by_name = {(e.get("config") or {}).get("name"): e for e in entries}
     sequential = not any(e.get("inbound_nodes") for e in entries)
     before = {id(b): a for a, b in zip(entries, entries[1:])}
@@ -115,7 +113,7 @@ def _sources(entries: list[dict]):
             return [before[id(entry)]] if id(entry) in before else []
         refs = []
         for node in entry.get("inbound_nodes") or []:
-            refs += _histories(node.get("args", []) if isinstance(node, dict) else [])
+            refs += keras_tensor_refs(node.get("args", []) if isinstance(node, dict) else [])
         return [by_name[r[0]] for r in refs if r[0] in by_name]
 
     return sources
@@ -133,16 +131,6 @@ def _first_after_input(entries: list[dict]) -> list[str]:
                             f"{DL4J_VERSION} {FIRST_LAYER_BROKEN[cls]} there (put a convolution, Dense or "
                             "Reshape before it)")
     return problems
-
-
-def _histories(args) -> list:
-    out = []
-    for a in args:
-        if _is_tensor(a):
-            out.append(a["config"]["keras_history"])
-        elif isinstance(a, (list, tuple)):
-            out += _histories(a)
-    return out
 
 
 def _global_average_3d(leaves) -> list[str]:
@@ -174,7 +162,7 @@ def dl4j_problems(model) -> list[str]:
     """Every layer, activation and argument DL4J's Keras import cannot take, all at once."""
     if type(model).__name__ not in ("Functional", "Sequential", "Model"):
         return [f"model class {type(model).__name__} (DL4J imports Functional and Sequential models)"]
-    from ..tfjs import keras2_layers
+    from ..tfjs import is_keras_tensor, keras2_layers
 
     try:
         entries, leaves = keras2_layers(model)  # nested models inlined, as the HDF5 will hold them
@@ -190,6 +178,6 @@ def dl4j_problems(model) -> list[str]:
         problems += _layer_problems(cls, name, conf)
         for node in entry.get("inbound_nodes", []):
             for k, v in (node.get("kwargs") or {}).items() if isinstance(node, dict) else ():
-                if _is_tensor(v) or (isinstance(v, list) and any(_is_tensor(x) for x in v)):
+                if is_keras_tensor(v) or (isinstance(v, list) and any(is_keras_tensor(x) for x in v)):
                     problems.append(f"layer '{name}' takes tensor argument '{k}', which a Keras 2 HDF5 cannot express")
     return problems + _first_after_input(entries) + _global_average_3d(leaves)

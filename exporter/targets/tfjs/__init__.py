@@ -224,6 +224,20 @@ def keras2_layers(model):
     return flat_config(cfg, type(model).__name__ == "Sequential")["layers"], leaf_layers(model)
 
 
+def keras_tensor_refs(args) -> list:
+    """The keras_history of every Keras tensor in a layer config's call arguments (layers.py)."""
+    from .layers import tensor_refs
+
+    return tensor_refs(args)
+
+
+def is_keras_tensor(value) -> bool:
+    """A Keras tensor in a layer config's call arguments (layers.py)."""
+    from .layers import is_tensor
+
+    return is_tensor(value)
+
+
 def check_keras2_twin(twin, ctx, target: str) -> None:
     """Raise ConversionError unless a Keras 2 twin computes what the model computes (layers.py)."""
     from .layers import check_twin

@@ -74,12 +74,12 @@ def layers_problems(model) -> list[str]:
             problems.append(f"layer '{name}' (Normalization with invert or axis != -1) has no TF.js equivalent")
         for node in entry.get("inbound_nodes", []):
             for k, v in (node.get("kwargs") or {}).items() if isinstance(node, dict) else ():
-                if _is_tensor(v) or (isinstance(v, list) and any(_is_tensor(x) for x in v)):
+                if is_tensor(v) or (isinstance(v, list) and any(is_tensor(x) for x in v)):
                     problems.append(f"layer '{name}' takes tensor argument '{k}', which a layers model cannot express")
     return problems
 
 
-def _is_tensor(v) -> bool:
+def is_tensor(v) -> bool:
     return isinstance(v, dict) and v.get("class_name") == "__keras_tensor__"
 
 
@@ -117,19 +117,20 @@ def _as_graph(cfg: dict, sequential: bool) -> dict:
             "outputs": [[prev, 0, 0]]}
 
 
-def _refs(args) -> list:
+def tensor_refs(args) -> list:
+    """The keras_history of every Keras tensor in a layer's call arguments (nested lists too)."""
     out = []
     for a in args:
-        if _is_tensor(a):
+        if is_tensor(a):
             out.append(a["config"]["keras_history"])
         elif isinstance(a, (list, tuple)):
-            out += _refs(a)
+            out += tensor_refs(a)
     return out
 
 
 def _remap(value, fn):
     """The same node structure with every keras tensor's history passed through fn."""
-    if _is_tensor(value):
+    if is_tensor(value):
         return {**value, "config": {**value["config"], "keras_history": list(fn(value["config"]["keras_history"]))}}
     if isinstance(value, (list, tuple)):  # get_config() holds tuples until serialised
         return [_remap(v, fn) for v in value]
@@ -164,7 +165,7 @@ def _flatten(graph: dict) -> dict:
 
         for k, node in enumerate(entry["inbound_nodes"]):
             # resolved call by call: a later call may take an earlier call's outputs
-            got = [resolve(r) for r in _refs(node.get("args", []) if isinstance(node, dict) else [])]
+            got = [resolve(r) for r in tensor_refs(node.get("args", []) if isinstance(node, dict) else [])]
             if len(got) != len(in_names):
                 raise NestingError(f"nested model '{outer}' is called with {len(got)} tensors for "
                                    f"{len(in_names)} inputs")
@@ -277,10 +278,10 @@ def _inbound(nodes: list) -> list:
         args = node.get("args", []) if isinstance(node, dict) else []
         refs = []
         for a in args:
-            if _is_tensor(a):
+            if is_tensor(a):
                 refs.append(_history(a))
             elif isinstance(a, list):
-                refs.extend(_history(x) for x in a if _is_tensor(x))
+                refs.extend(_history(x) for x in a if is_tensor(x))
         out.append(refs)
     return out
 
