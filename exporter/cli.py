@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
             out.default, out.help = None, "the model repository directory (required)"
     p = sub.add_parser("all", help="every target")
     _common(p)
+    p.add_argument("--targets", metavar="LIST", help="only these targets, comma-separated (default: every target)")
+    p.add_argument("--skip", metavar="LIST", help="every target but these, comma-separated")
     ambiguous = _ambiguous_flags(targets)
     for target in targets.values():
         _add_target_arguments(p, target, prefixed=True, ambiguous=ambiguous)
@@ -197,7 +199,7 @@ def _options(args):
     from .options import ExportOptions
     from .targets import all_targets
 
-    names = list(all_targets()) if args.command == "all" else [args.command]
+    names = _chosen(args)
     topts = {n: all_targets()[n].options_from_args(target_namespace(args, all_targets()[n])) for n in names}
     return ExportOptions(
         safe_mode=not args.unsafe, custom_objects=args.custom_objects, inputs=args.inputs,
@@ -207,6 +209,36 @@ def _options(args):
         input_shapes=_input_shapes(args.input_shape), allow_unverified=args.allow_unverified,
         benchmark=args.benchmark,
     )
+
+
+def _chosen(args) -> list[str]:
+    """The targets of this command: one, or for `kexport all` every target, --targets' list, or all but --skip's."""
+    from .errors import UsageError
+    from .targets import all_targets
+
+    if args.command != "all":
+        return [args.command]
+    known = list(all_targets())
+
+    def names(flag, value):
+        listed = [n.strip() for n in value.split(",") if n.strip()]
+        unknown = [n for n in listed if n not in known]
+        if unknown or not listed:
+            raise UsageError(f"{flag} {value!r}: unknown target {', '.join(unknown) or '(none given)'}; "
+                             f"choose from {', '.join(known)}")
+        return listed
+
+    if args.targets and args.skip:
+        raise UsageError("--targets and --skip together: give one of them")
+    if args.targets:
+        return list(dict.fromkeys(names("--targets", args.targets)))
+    if args.skip:
+        skipped = names("--skip", args.skip)
+        chosen = [n for n in known if n not in skipped]
+        if not chosen:
+            raise UsageError(f"--skip {args.skip!r} leaves no target")
+        return chosen
+    return known
 
 
 def _input_shapes(items: list[str]) -> dict:
@@ -250,7 +282,7 @@ def _print_result(result, as_json: bool, quiet: bool = False):
 def cmd_export(args) -> int:
     from . import api
 
-    result = api.export(args.model, [args.command], args.out, options=_options(args), progress=_progress(time.perf_counter(), args.quiet))
+    result = api.export(args.model, _chosen(args), args.out, options=_options(args), progress=_progress(time.perf_counter(), args.quiet))
     _print_result(result, args.json, args.quiet)
     return result.exit_code
 

@@ -242,3 +242,28 @@ def test_relative_output_directory(capsys, tmp_path, monkeypatch):
     row = json.loads(out)["targets"][0]
     assert {p["runtime"] for p in row["parity"] if p["status"] == "passed"} >= {"tfjs-node-cpu"}, row["parity"]
     assert (tmp_path / "rel-out" / row["artifact"]).exists()
+
+
+def test_all_with_targets_and_skip(capsys, tmp_path):
+    """`kexport all --targets` exports just those (rows and folders), `--skip` every target but
+    those; an unknown name or both flags together is a one-line usage error, nothing written."""
+    model = SAMPLE_MODELS["wine_mlp"]
+    code, _, err = run(capsys, "all", model, "-o", tmp_path / "a", "--targets", "onnx,kserve", "--json")
+    assert code == 0, err
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert sorted({r["target"] for r in report["targets"]}) == ["kserve", "onnx"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir() if p.is_dir() and p.name != "reference") == ["kserve", "onnx"]
+
+    from kexport import cli
+    from kexport.targets import all_targets
+
+    for argv, want in ((["--skip", "dl4j,spark"], [n for n in all_targets() if n not in ("dl4j", "spark")]),
+                       (["--targets", "tflite,onnx,tflite"], ["tflite", "onnx"])):
+        assert cli._chosen(cli.build_parser().parse_args(["all", str(model), *argv])) == want
+    for argv, needle in ((["--targets", "onnx,nope"], "unknown target nope"),
+                         (["--targets", "onnx", "--skip", "dl4j"], "--targets and --skip"),
+                         (["--skip", ",".join(all_targets())], "leaves no target")):
+        code, _, err = run(capsys, "all", model, "-o", tmp_path / "bad", *argv)
+        assert code == 2
+        assert_one_line_error(err, needle)
+        assert not (tmp_path / "bad").exists()

@@ -598,3 +598,32 @@ def test_a_failing_job_says_the_real_error_in_one_line(multi, tmp_path, monkeypa
     log = spark_local.log_path()
     if log is not None:  # the JVM was started by spark-local (not --debug): its log is named and kept
         assert f"Spark's log: {log}" in row.reason and log.is_file()
+
+
+
+def test_a_lost_connection_mid_job_is_retried_not_a_verdict(multi):
+    """Issue 10's flake: py4j lost the connection of spark-local's thread while a job ran
+    ("Py4JError: An error occurred while calling o19.sc", ConnectionResetError on receive, which
+    py4j itself does not retry). The job's error is not a verdict: predict scores once more on a
+    new connection and equals Keras. The loss is real: the first job's connection gets a receive
+    deadline it cannot meet, so its first call to the JVM fails on receive."""
+    from pyspark import SparkContext
+
+    from kexport.runtimes import get_runtime
+
+    session = get_runtime("spark-local").load(multi[1] / "spark")
+    inputs, outputs = _reference(multi[1])
+    client = SparkContext._gateway._gateway_client
+    codes, real_main = [], session.job.main
+
+    def main_losing_its_connection_once(*args, **kwargs):
+        if not codes:  # on the Spark thread, after the session check: the job's own calls fail
+            client.get_thread_connection().socket.settimeout(1e-9)
+        codes.append(real_main(*args, **kwargs))
+        return codes[-1]
+
+    session.job.main = main_losing_its_connection_once
+    got = session.predict(inputs)
+    assert codes == [1, 0], codes  # the first job failed on the lost connection, the retry scored
+    for name, want in outputs.items():
+        _close(got[name], want)
